@@ -1,0 +1,76 @@
+"""GAN losses as pure functions of the discriminator's outputs, and the WGAN-GP gradient penalty.
+
+Every loss is the quantity the named network *minimises*.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def dcgan_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Binary cross-entropy of the discriminator (Goodfellow et al., 2014).
+
+    ``-log sigmoid(real_logits) - log(1 - sigmoid(fake_logits))``, averaged over each batch and
+    summed over the two, computed from logits for numerical stability.
+    """
+    real_loss = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake_loss = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real_loss + fake_loss
+
+
+def dcgan_generator_loss(fake_logits: Tensor) -> Tensor:
+    """Non-saturating generator loss (Goodfellow et al., 2014): ``-log sigmoid(fake_logits)``, mean."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def wasserstein_critic_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """Critic loss of WGAN (Arjovsky et al., 2017): ``E[D(fake)] - E[D(real)]``.
+
+    The critic maximises ``E[D(real)] - E[D(fake)]``, the Wasserstein estimate, so it minimises
+    its negative; the loss is ``-wasserstein_estimate``.
+    """
+    return fake_scores.mean() - real_scores.mean()
+
+
+def wasserstein_generator_loss(fake_scores: Tensor) -> Tensor:
+    """Generator loss of WGAN: ``-E[D(fake)]``."""
+    return -fake_scores.mean()
+
+
+def wasserstein_estimate(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """The critic's estimate of the Wasserstein-1 distance, ``E[D(real)] - E[D(fake)]``.
+
+    Up to the critic's Lipschitz constant; it should fall as the samples improve.
+    """
+    return real_scores.mean() - fake_scores.mean()
+
+
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
+    """WGAN-GP gradient penalty (Gulrajani et al., 2017, eq. 3), without the weight lambda.
+
+    ``mean_i (||grad_x critic(x_hat_i)||_2 - 1)^2`` with ``x_hat_i = a_i real_i + (1 - a_i) fake_i``
+    and ``a_i ~ U[0, 1]`` drawn once per sample. The norm is taken per sample over all non-batch
+    dimensions, in float32. The result is differentiable with respect to the critic's parameters
+    (``create_graph=True``); ``real`` and ``fake`` receive no gradient.
+
+    Args:
+        critic: maps a batch (N, ...) to scores of shape (N,) or (N, 1).
+        real: real samples, (N, C, H, W) or any (N, ...).
+        fake: generated samples of the same shape.
+
+    Returns:
+        A scalar tensor.
+    """
+    if real.shape != fake.shape:
+        raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} must have the same shape")
+    alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    grad_norm = grad.float().flatten(1).norm(2, dim=1)  # (N,)
+    return ((grad_norm - 1) ** 2).mean()

@@ -1,0 +1,94 @@
+"""The losses against analytic values."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gan_modules.losses import (
+    dcgan_discriminator_loss,
+    dcgan_generator_loss,
+    gradient_penalty,
+    wasserstein_critic_loss,
+    wasserstein_estimate,
+    wasserstein_generator_loss,
+)
+
+
+class LinearCritic(nn.Module):
+    """critic(x) = w . x over all non-batch dimensions: its input gradient is w everywhere."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.weight).flatten(1).sum(1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_gradient_penalty_of_a_linear_critic_is_norm_minus_one_squared(channels: int) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(channels, 4, 4)
+    critic = LinearCritic(weight)
+    real, fake = torch.randn(5, channels, 4, 4), torch.randn(5, channels, 4, 4)
+    expected = (weight.norm() - 1) ** 2  # one norm over C*H*W, the same for every sample
+    assert torch.allclose(gradient_penalty(critic, real, fake), expected, rtol=1e-5)
+
+
+def test_gradient_penalty_norm_is_per_sample_not_per_pixel() -> None:
+    # Every pixel's weight is 0.5, so the per-sample norm is 0.5 * sqrt(C*H*W) = 0.5 * 8 = 4:
+    # the penalty is (4 - 1)^2 = 9. A per-pixel norm would give (0.5 - 1)^2 = 0.25.
+    critic = LinearCritic(torch.full((1, 8, 8), 0.5))
+    penalty = gradient_penalty(critic, torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8))
+    assert penalty.item() == pytest.approx(9.0, rel=1e-6)
+
+
+def test_gradient_penalty_averages_samples_with_different_gradients() -> None:
+    # critic(x) = 0.5 * ||x||^2 per sample has gradient x_hat, so the penalty is
+    # mean_i (||x_hat_i|| - 1)^2 with x_hat_i on the segment between real_i and fake_i.
+    seen = {}
+
+    def critic(x: torch.Tensor) -> torch.Tensor:
+        seen["x_hat"] = x.detach().clone()
+        return 0.5 * (x**2).flatten(1).sum(1)
+
+    real, fake = torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4)
+    penalty = gradient_penalty(critic, real, fake)
+    x_hat = seen["x_hat"]
+    expected = ((x_hat.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    assert torch.allclose(penalty, expected, rtol=1e-5)
+    # x_hat = a real + (1 - a) fake with one a ~ U[0, 1] per sample, shared by all its pixels.
+    alpha = ((x_hat - fake) / (real - fake)).flatten(1)
+    assert torch.allclose(alpha, alpha[:, :1].expand_as(alpha), atol=1e-4)
+    assert ((alpha >= 0) & (alpha <= 1)).all()
+    assert alpha[:, 0].unique().numel() == 6
+
+
+def test_gradient_penalty_is_differentiable_in_the_critic_only() -> None:
+    critic = LinearCritic(torch.full((1, 2, 2), 2.0))
+    real = torch.randn(4, 1, 2, 2, requires_grad=True)
+    fake = torch.randn(4, 1, 2, 2, requires_grad=True)
+    gradient_penalty(critic, real, fake).backward()
+    # d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w||, with ||w|| = 4.
+    assert torch.allclose(critic.weight.grad, torch.full((1, 2, 2), 2 * 3 * 2.0 / 4))
+    assert real.grad is None and fake.grad is None
+
+
+def test_dcgan_losses_match_binary_cross_entropy() -> None:
+    zero = torch.zeros(4)
+    assert dcgan_discriminator_loss(zero, zero).item() == pytest.approx(2 * math.log(2))
+    assert dcgan_generator_loss(zero).item() == pytest.approx(math.log(2))
+    logits = torch.tensor([2.0, -1.0])
+    assert dcgan_generator_loss(logits).item() == pytest.approx(
+        -torch.log(torch.sigmoid(logits)).mean().item(), rel=1e-6)
+    # Large logits must not overflow (logits, not probabilities).
+    assert torch.isfinite(dcgan_discriminator_loss(torch.tensor([-200.0]), torch.tensor([200.0])))
+
+
+def test_wasserstein_losses_and_estimate() -> None:
+    real, fake = torch.tensor([3.0, 5.0]), torch.tensor([1.0, -1.0])
+    assert wasserstein_estimate(real, fake).item() == 4.0
+    assert wasserstein_critic_loss(real, fake).item() == -4.0
+    assert wasserstein_generator_loss(fake).item() == 0.0
