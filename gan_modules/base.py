@@ -1,0 +1,196 @@
+"""What DCGAN, WGAN-GP and WGAN share: the two networks, the critic/generator schedule, the
+step counters and sampling. Each family's file adds only its losses and optimisers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from gan_modules.networks import Discriminator, Generator, Norm, resolution_levels
+
+
+class GANModule(LightningModule):
+    """A GAN trained with manual optimisation, one critic (discriminator) update per batch.
+
+    One ``training_step`` is one critic update on a fresh real batch and a fresh fake batch. The
+    generator is updated after every ``n_critic``-th critic update. ``critic_steps`` and
+    ``generator_steps`` count the updates and are saved in checkpoints; Lightning's
+    ``trainer.global_step`` counts the optimiser steps of both networks, i.e. their sum.
+
+    Subclasses implement :meth:`critic_loss`, :meth:`generator_loss`, :meth:`score_metrics` and
+    ``configure_optimizers`` (critic optimiser first, generator optimiser second).
+
+    Args:
+        image_shape: (C, H, W) of the images; linked from the datamodule's ``image_shape`` by the CLI.
+        latent_dim: size of the latent vector z ~ N(0, I).
+        generator_width: channels of the generator's last hidden layer (DCGAN's ``ngf``).
+        critic_width: channels of the critic's first layer (DCGAN's ``ndf``).
+        critic_norm: normalisation in the critic: ``batch``, ``layer`` or ``none``.
+        spectral_norm: wrap every critic convolution in spectral normalisation.
+        n_critic: critic updates per generator update.
+        max_generator_steps: stop training after this many generator updates, the iteration count
+            the papers report (``None``: let the trainer's ``max_epochs``/``max_steps`` decide).
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        latent_dim: int = 100,
+        generator_width: int = 64,
+        critic_width: int = 64,
+        critic_norm: Norm = "batch",
+        spectral_norm: bool = False,
+        n_critic: int = 1,
+        max_generator_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_positive(n_critic=n_critic, latent_dim=latent_dim,
+                        generator_width=generator_width, critic_width=critic_width)
+        if max_generator_steps is not None:
+            _check_positive(max_generator_steps=max_generator_steps)
+        channels, height, width = image_shape
+        if height != width:
+            raise ValueError(f"image_shape {tuple(image_shape)} is not square: set `--data.image_size`.")
+        resolution_levels(height)  # raises the unsupported-size error before any layer is built
+        # Also records the subclass's own arguments (lr, betas, ...): Lightning collects every
+        # __init__ frame of the object.
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.generator = Generator(latent_dim, channels, height, generator_width)
+        self.discriminator = Discriminator(channels, height, critic_width, critic_norm, spectral_norm)
+        self.critic_steps = 0
+        self.generator_steps = 0
+        self._critic_steps_at_last_generator_step = 0
+
+    # --- the algorithm -------------------------------------------------------------------------
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        real = self._real_images(batch)
+        critic_opt, generator_opt = self.optimizers()
+        self._critic_step(real, critic_opt)
+        if self.critic_steps - self._critic_steps_at_last_generator_step >= self.critic_iterations():
+            self._generator_step(real.shape[0], generator_opt)
+        self.log_dict(
+            {"train/critic_steps": float(self.critic_steps), "train/generator_steps": float(self.generator_steps)},
+            on_step=True,
+        )
+        limit = self.hparams.max_generator_steps
+        if limit is not None and self.generator_steps >= limit:
+            self.trainer.should_stop = True
+
+    def _critic_step(self, real: Tensor, optimizer: Any) -> None:
+        """Critic: minimise the family's critic loss on a real batch and a fresh fake batch."""
+        with torch.no_grad():
+            fake = self.generator(self.noise(real.shape[0]))
+        self.toggle_optimizer(optimizer)
+        loss = self.critic_loss(real, fake)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        self.untoggle_optimizer(optimizer)
+        self.critic_steps += 1
+        self.on_critic_step_end()
+
+    def _generator_step(self, batch_size: int, optimizer: Any) -> None:
+        """Generator: minimise the family's generator loss on a fresh fake batch."""
+        self.toggle_optimizer(optimizer)  # the critic's parameters stop requiring grad
+        loss = self.generator_loss(self.generator(self.noise(batch_size)))
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        self.untoggle_optimizer(optimizer)
+        self.generator_steps += 1
+        self._critic_steps_at_last_generator_step = self.critic_steps
+
+    def critic_iterations(self) -> int:
+        """Critic updates due before the next generator update (constant ``n_critic`` here)."""
+        return self.hparams.n_critic
+
+    def on_critic_step_end(self) -> None:
+        """Called after every critic optimiser step (WGAN clips the weights here)."""
+
+    def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def generator_loss(self, fake: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def score_metrics(self, real_scores: Tensor, fake_scores: Tensor) -> dict[str, Tensor]:
+        """Held-out metrics of the critic's scores, logged under ``val/``."""
+        raise NotImplementedError
+
+    # --- validation and sampling ---------------------------------------------------------------
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        real = self._real_images(batch)
+        fake = self.sample(real.shape[0])
+        metrics = self.score_metrics(self.discriminator(real), self.discriminator(fake))
+        self.log_dict({f"val/{name}": value for name, value in metrics.items()}, sync_dist=True)
+
+    def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Latent vectors z ~ N(0, I), shape (n, latent_dim), on the module's device.
+
+        Args:
+            n: how many.
+            generator: a seeded ``torch.Generator`` for reproducible noise (any device).
+        """
+        device = generator.device if generator is not None else self.device
+        z = torch.randn(n, self.hparams.latent_dim, device=device, generator=generator)
+        return z.to(self.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, noise: Tensor | None = None) -> Tensor:
+        """``n`` images in [-1, 1], shape (n, C, H, W), from the generator in eval mode.
+
+        Args:
+            n: how many images.
+            noise: latent vectors (n, latent_dim) to use instead of fresh ones.
+        """
+        z = self.noise(n) if noise is None else noise.to(self.device)
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            return self.generator(z)
+        finally:
+            self.generator.train(was_training)
+
+    def _real_images(self, batch: Any) -> Tensor:
+        real = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if tuple(real.shape[1:]) != tuple(self.hparams.image_shape):
+            raise ValueError(
+                f"The data gives images of shape {tuple(real.shape[1:])} but {type(self).__name__} was "
+                f"built for image_shape {tuple(self.hparams.image_shape)}. Let train.py link "
+                f"`data.image_shape` to the model, or set `--model.image_shape` to match the data."
+            )
+        return real
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["gan_state"] = {
+            "model": type(self).__name__,
+            "critic_steps": self.critic_steps,
+            "generator_steps": self.generator_steps,
+            "critic_steps_at_last_generator_step": self._critic_steps_at_last_generator_step,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("gan_state")
+        if state is None or state["model"] != type(self).__name__:
+            found = state["model"] if state else "no GAN model of this project"
+            raise ValueError(
+                f"This checkpoint holds {found}, not {type(self).__name__}: load it with the model "
+                f"class that wrote it (`--model {found}`), or start a new run without `--ckpt_path`."
+            )
+        self.critic_steps = state["critic_steps"]
+        self.generator_steps = state["generator_steps"]
+        self._critic_steps_at_last_generator_step = state["critic_steps_at_last_generator_step"]
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}: set `--model.{name}` to 1 or more.")

@@ -1,0 +1,168 @@
+"""Wasserstein GANs: WGAN-GP (Gulrajani et al., 2017) and WGAN with weight clipping
+(Arjovsky et al., 2017)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gan_modules.base import GANModule
+from gan_modules.losses import (
+    gradient_penalty,
+    wasserstein_critic_loss,
+    wasserstein_estimate,
+    wasserstein_generator_loss,
+)
+from gan_modules.networks import Norm
+
+
+class _WassersteinGAN(GANModule):
+    """The critic and generator objectives both Wasserstein GANs share."""
+
+    @property
+    def critic(self) -> nn.Module:
+        """The discriminator under its Wasserstein name."""
+        return self.discriminator
+
+    def _critic_terms(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        real_scores = self.critic(real)
+        fake_scores = self.critic(fake)
+        self.log_dict({"train/critic_real": real_scores.mean(), "train/critic_fake": fake_scores.mean()})
+        return real_scores, fake_scores, wasserstein_estimate(real_scores, fake_scores)
+
+    def generator_loss(self, fake: Tensor) -> Tensor:
+        """Generator: raise the critic's score of the fakes."""
+        loss = wasserstein_generator_loss(self.critic(fake))
+        self.log("train/g_loss", loss)
+        return loss
+
+    def score_metrics(self, real_scores: Tensor, fake_scores: Tensor) -> dict[str, Tensor]:
+        return {"wasserstein": wasserstein_estimate(real_scores, fake_scores)}
+
+
+class WGANGP(_WassersteinGAN):
+    """WGAN-GP: a critic without batch norm, kept near 1-Lipschitz by a gradient penalty.
+
+    Defaults follow Algorithm 1 of the paper: Adam 1e-4, betas (0.0, 0.9), lambda 10, n_critic 5,
+    layer norm in the critic.
+
+    Args:
+        image_shape: (C, H, W) of the images; linked from the datamodule by the CLI.
+        latent_dim: size of the latent vector z ~ N(0, I).
+        generator_width: channels of the generator's last hidden layer (``ngf``).
+        critic_width: channels of the critic's first layer (``ndf``).
+        critic_norm: ``layer`` (the paper) or ``none``; batch norm is refused because it makes each
+            sample's gradient depend on the rest of the batch, which the per-sample penalty assumes
+            it does not.
+        spectral_norm: also wrap every critic convolution in spectral normalisation.
+        n_critic: critic updates per generator update.
+        max_generator_steps: stop after this many generator updates (``None``: no limit).
+        lr: Adam learning rate of both networks.
+        betas: Adam betas of both networks.
+        gp_weight: the penalty's weight lambda.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        latent_dim: int = 100,
+        generator_width: int = 64,
+        critic_width: int = 64,
+        critic_norm: Norm = "layer",
+        spectral_norm: bool = False,
+        n_critic: int = 5,
+        max_generator_steps: int | None = None,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.0, 0.9),
+        gp_weight: float = 10.0,
+    ) -> None:
+        if critic_norm == "batch":
+            raise ValueError(
+                "WGAN-GP's critic must not use batch norm (the penalty is per sample): "
+                "set `--model.critic_norm layer` (the paper) or `none`."
+            )
+        if gp_weight < 0:
+            raise ValueError(f"gp_weight must be >= 0, got {gp_weight}: set `--model.gp_weight`.")
+        super().__init__(image_shape, latent_dim, generator_width, critic_width, critic_norm,
+                         spectral_norm, n_critic, max_generator_steps)
+
+    def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        """Critic: maximise E[D(real)] - E[D(fake)] with the gradient penalty on interpolates."""
+        _, _, wasserstein = self._critic_terms(real, fake)
+        penalty = gradient_penalty(self.critic, real, fake)
+        loss = -wasserstein + self.hparams.gp_weight * penalty
+        self.log_dict({"train/d_loss": loss, "train/wasserstein": wasserstein, "train/gradient_penalty": penalty})
+        return loss
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        lr, betas = self.hparams.lr, tuple(self.hparams.betas)
+        return [
+            torch.optim.Adam(self.critic.parameters(), lr=lr, betas=betas),
+            torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas),
+        ]
+
+
+class WGAN(_WassersteinGAN):
+    """WGAN with weight clipping, the original Wasserstein GAN.
+
+    Every critic parameter is clamped to [-clip_value, clip_value] after each critic step. Defaults follow Algorithm 1 of the paper: RMSprop 5e-5, clip 0.01, n_critic 5; the critic keeps
+    DCGAN's batch norm, as the paper's experiments did.
+
+    Args:
+        image_shape: (C, H, W) of the images; linked from the datamodule by the CLI.
+        latent_dim: size of the latent vector z ~ N(0, I).
+        generator_width: channels of the generator's last hidden layer (``ngf``).
+        critic_width: channels of the critic's first layer (``ndf``).
+        critic_norm: normalisation in the critic: ``batch`` (the paper), ``layer`` or ``none``.
+        spectral_norm: also wrap every critic convolution in spectral normalisation.
+        n_critic: critic updates per generator update.
+        max_generator_steps: stop after this many generator updates (``None``: no limit).
+        lr: RMSprop learning rate of both networks.
+        clip_value: the bound c of the weight clipping.
+        warmup: the reference code's schedule: 100 critic updates per generator update for the first
+            25 generator updates and every 500th, ``n_critic`` otherwise.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        latent_dim: int = 100,
+        generator_width: int = 64,
+        critic_width: int = 64,
+        critic_norm: Norm = "batch",
+        spectral_norm: bool = False,
+        n_critic: int = 5,
+        max_generator_steps: int | None = None,
+        lr: float = 5e-5,
+        clip_value: float = 0.01,
+        warmup: bool = False,
+    ) -> None:
+        if clip_value <= 0:
+            raise ValueError(f"clip_value must be > 0, got {clip_value}: set `--model.clip_value`.")
+        super().__init__(image_shape, latent_dim, generator_width, critic_width, critic_norm,
+                         spectral_norm, n_critic, max_generator_steps)
+
+    def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        """Critic: maximise E[D(real)] - E[D(fake)]; the clipping keeps it Lipschitz."""
+        _, _, wasserstein = self._critic_terms(real, fake)
+        loss = -wasserstein
+        self.log_dict({"train/d_loss": loss, "train/wasserstein": wasserstein})
+        return loss
+
+    def on_critic_step_end(self) -> None:
+        clip = self.hparams.clip_value
+        with torch.no_grad():
+            for param in self.critic.parameters():
+                param.clamp_(-clip, clip)
+
+    def critic_iterations(self) -> int:
+        if self.hparams.warmup and (self.generator_steps < 25 or self.generator_steps % 500 == 0):
+            return 100
+        return self.hparams.n_critic
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        lr = self.hparams.lr
+        return [
+            torch.optim.RMSprop(self.critic.parameters(), lr=lr),
+            torch.optim.RMSprop(self.generator.parameters(), lr=lr),
+        ]

@@ -1,0 +1,155 @@
+"""The training algorithm of the GAN modules: schedule, isolation of the two updates, clipping,
+counters in checkpoints and the validation of hyperparameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from gan_modules import DCGAN, WGAN, WGANGP
+from gan_modules.networks import has_batch_norm
+
+TINY = dict(image_shape=(1, 16, 16), latent_dim=8, generator_width=4, critic_width=4)
+
+
+def loader(n_batches: int, batch_size: int = 4, shape=(1, 16, 16)) -> DataLoader:
+    images = torch.rand(n_batches * batch_size, *shape) * 2 - 1
+    return DataLoader(TensorDataset(images, torch.zeros(len(images))), batch_size=batch_size)
+
+
+def fit(model, n_batches: int, **trainer_args) -> Trainer:
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, **trainer_args)
+    trainer.fit(model, loader(n_batches))
+    return trainer
+
+
+def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def same(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+@pytest.mark.parametrize("cls", [DCGAN, WGANGP, WGAN])
+def test_n_critic_5_gives_10_critic_and_2_generator_updates_each_isolated(cls) -> None:
+    torch.manual_seed(0)
+    model = cls(**TINY, n_critic=5)
+    calls = []
+    critic_step, generator_step = model._critic_step, model._generator_step
+
+    def checked_critic_step(*args):
+        generator, critic = snapshot(model.generator), snapshot(model.discriminator)
+        critic_step(*args)
+        assert same(generator, model.generator), "a critic step changed the generator"
+        assert not same(critic, model.discriminator), "a critic step left the critic unchanged"
+        calls.append("critic")
+
+    def checked_generator_step(*args):
+        generator, critic = snapshot(model.generator), snapshot(model.discriminator)
+        generator_step(*args)
+        assert same(critic, model.discriminator), "a generator step changed the critic"
+        assert not same(generator, model.generator), "a generator step left the generator unchanged"
+        calls.append("generator")
+
+    model._critic_step, model._generator_step = checked_critic_step, checked_generator_step
+    trainer = fit(model, 10)
+    assert (model.critic_steps, model.generator_steps) == (10, 2)
+    assert calls == (["critic"] * 5 + ["generator"]) * 2
+    assert trainer.global_step == 12  # Lightning counts the optimiser steps of both networks
+
+
+def test_dcgan_updates_the_generator_after_every_batch() -> None:
+    model = DCGAN(**TINY)
+    trainer = fit(model, 3)
+    assert (model.critic_steps, model.generator_steps, trainer.global_step) == (3, 3, 6)
+
+
+def test_weight_clipping_holds_after_every_critic_step() -> None:
+    torch.manual_seed(0)
+    model = WGAN(**TINY, n_critic=2, clip_value=0.01, lr=0.1)  # a large lr pushes weights past the bound
+    critic_step = model._critic_step
+    largest = []
+
+    def checked(*args):
+        critic_step(*args)
+        largest.append(max(p.abs().max().item() for p in model.critic.parameters()))
+
+    model._critic_step = checked
+    fit(model, 6)
+    assert len(largest) == 6 and max(largest) <= 0.01
+    assert max(largest) == pytest.approx(0.01)  # the bound is reached, so the clamp did work
+
+
+def test_wgan_warmup_schedule_of_the_reference_code() -> None:
+    model = WGAN(**TINY, warmup=True)
+    model.generator_steps = 0
+    assert model.critic_iterations() == 100
+    model.generator_steps = 25
+    assert model.critic_iterations() == 5
+    model.generator_steps = 500
+    assert model.critic_iterations() == 100
+    assert WGAN(**TINY).critic_iterations() == 5
+
+
+def test_wgan_gp_critic_has_no_batch_norm() -> None:
+    assert not has_batch_norm(WGANGP(**TINY).critic)
+    assert not has_batch_norm(WGANGP(**TINY, critic_norm="none").critic)
+    with pytest.raises(ValueError, match="must not use batch norm.*--model.critic_norm layer"):
+        WGANGP(**TINY, critic_norm="batch")
+    assert has_batch_norm(DCGAN(**TINY).discriminator)
+
+
+def test_max_generator_steps_stops_after_exactly_that_many() -> None:
+    model = WGANGP(**TINY, n_critic=2, max_generator_steps=3)
+    fit(model, 20)
+    assert (model.generator_steps, model.critic_steps) == (3, 6)
+
+
+@pytest.mark.parametrize("cls", [DCGAN, WGANGP, WGAN])
+def test_counters_survive_save_and_load_of_a_checkpoint(cls, tmp_path) -> None:
+    model = cls(**TINY, n_critic=3)
+    trainer = fit(model, 7)
+    assert (model.critic_steps, model.generator_steps) == (7, 2)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    restored = cls.load_from_checkpoint(tmp_path / "model.ckpt")
+    assert (restored.critic_steps, restored.generator_steps) == (7, 2)
+    assert restored._critic_steps_at_last_generator_step == 6
+    assert restored.hparams.n_critic == 3
+    for a, b in zip(model.state_dict().values(), restored.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_loading_a_checkpoint_of_another_model_is_refused(tmp_path) -> None:
+    trainer = fit(WGAN(**TINY), 1)
+    trainer.save_checkpoint(tmp_path / "wgan.ckpt")
+    with pytest.raises(ValueError, match="holds WGAN, not DCGAN"):
+        DCGAN.load_from_checkpoint(tmp_path / "wgan.ckpt")
+
+
+@pytest.mark.parametrize("cls", [DCGAN, WGANGP, WGAN])
+def test_sample_returns_images_in_range_from_an_eval_mode_generator(cls) -> None:
+    model = cls(**TINY)
+    model.train()
+    images = model.sample(5)
+    assert images.shape == (5, 1, 16, 16) and images.min() >= -1 and images.max() <= 1
+    assert model.generator.training  # the mode is restored
+    noise = model.noise(5, torch.Generator().manual_seed(1))
+    assert torch.equal(model.sample(5, noise=noise), model.sample(5, noise=noise))  # eval: no batch statistics
+
+
+@pytest.mark.parametrize("name", ["n_critic", "latent_dim", "max_generator_steps"])
+def test_non_positive_counts_are_refused_naming_the_flag(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"{name} must be a positive integer, got 0: set `--model.{name}`"):
+        WGANGP(**{**TINY, name: 0})
+
+
+def test_data_that_does_not_match_the_model_shape_is_refused() -> None:
+    model = DCGAN(**TINY)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match=r"shape \(3, 16, 16\) but DCGAN was built for image_shape \(1, 16, 16\)"):
+        trainer.fit(model, loader(1, shape=(3, 16, 16)))
