@@ -1,0 +1,117 @@
+"""train.py end to end: the presets parse, `fit --help` documents every hyperparameter, each
+model fits from the CLI on MNIST IDX files, and `sample` writes images from the checkpoint."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import datamodules
+import gan_modules
+from train import GANCLI, build_cli, main
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
+FRAGMENTS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def no_pytest_argv(monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # the CLI must see only the args a test passes
+
+
+def cli(args: list[str]) -> GANCLI:
+    """Parse ``args`` and instantiate the model, data and trainer, without running."""
+    return build_cli(args, run=False)
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_preset_is_parsed_and_instantiated(preset: Path) -> None:
+    first_line = preset.read_text().splitlines()[0]
+    assert first_line.startswith("# "), "a preset starts with a comment saying what it reproduces"
+    parsed = cli(["--config", str(preset)])
+    assert isinstance(parsed.model, gan_modules.base.GANModule)
+    assert parsed.model.hparams.image_shape == parsed.datamodule.image_shape  # linked, stated once
+
+
+@pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: p.name)
+def test_every_trainer_fragment_is_parsed(fragment: Path) -> None:
+    # Parsed, not instantiated: the GPU fragment must parse on a machine without a GPU.
+    preset = str(ROOT / "configs" / "dcgan_mnist.yaml")
+    config = cli(["--config", preset]).parser.parse_args(["--config", preset, "--config", str(fragment)])
+    assert config.trainer.accelerator in ("cpu", "gpu", "auto")
+
+
+def test_fit_help_lists_every_hyperparameter_with_its_doc(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    help_text = capsys.readouterr().out
+    for key, package in (("model", gan_modules), ("data", datamodules)):
+        for name in package.__all__:
+            cls = getattr(package, name)
+            assert f"=== --{key} {name} ===" in help_text
+            section = help_text.split(f"=== --{key} {name} ===")[1].split("===")[0]
+            for parameter in inspect.signature(cls.__init__).parameters:
+                if parameter != "self":
+                    assert f"--{key}.{parameter} " in section, f"{name}.{parameter} missing from fit --help"
+    assert "Adam learning rate" in help_text and "--trainer.max_epochs" in help_text
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("preset, tags", [
+    ("dcgan_mnist", {"train/d_loss", "train/g_loss"}),
+    ("wgan_gp_mnist", {"train/d_loss", "train/g_loss", "train/wasserstein", "train/gradient_penalty"}),
+    ("wgan_mnist", {"train/d_loss", "train/g_loss", "train/wasserstein"}),
+])
+def test_fit_from_the_cli_then_sample(preset: str, tags: set[str], mnist_dir: Path, tmp_path: Path) -> None:
+    run(["fit", "--config", str(ROOT / "configs" / f"{preset}.yaml"),
+         "--data.data_dir", str(mnist_dir), "--data.batch_size", "8",
+         "--model.generator_width", "8", "--model.critic_width", "8",
+         "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")], cwd=tmp_path)
+    run_dir = tmp_path / "runs" / preset / "version_0"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+    state = torch.load(checkpoint, weights_only=True)["gan_state"]
+    assert state["critic_steps"] == 2 * 64 // 8  # one critic step per batch, two epochs
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert tags | {"train/critic_steps", "train/generator_steps"} <= set(events.Tags()["scalars"])
+    assert "samples/fixed_noise" in events.Tags()["images"]
+
+    output = tmp_path / "out" / "samples.pt"
+    run(["sample", "--ckpt_path", str(checkpoint), "--num_samples", "10", "--output", str(output)], cwd=tmp_path)
+    images = torch.load(output, weights_only=True)
+    assert images.dtype == torch.uint8 and images.shape == (10, 1, 28, 28)
+    assert output.with_suffix(".png").stat().st_size > 0
+
+
+def test_sample_with_a_missing_checkpoint_names_the_flag(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "sample", "--ckpt_path", "nope.ckpt"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "No checkpoint at nope.ckpt: pass `--ckpt_path`" in result.stderr
+
+
+def test_unsupported_image_size_from_the_cli(mnist_dir: Path) -> None:
+    with pytest.raises(ValueError, match="Unsupported image size 30"):
+        cli(["--config", str(ROOT / "configs" / "dcgan_mnist.yaml"), "--data.data_dir", str(mnist_dir),
+             "--data.image_size", "30"])
+
+
+def test_n_critic_zero_from_the_cli() -> None:
+    with pytest.raises(ValueError, match="n_critic must be a positive integer, got 0: set `--model.n_critic`"):
+        cli(["--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"), "--model.n_critic", "0"])
