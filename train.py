@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule
@@ -32,6 +33,17 @@ class GANCLI(LightningCLI):
         trainer_help = parser.format_help
         parser.format_help = lambda: trainer_help() + _class_arguments_help()
 
+    def before_instantiate_classes(self) -> None:
+        # Checkpoints of every run of a preset go to one folder, runs/<preset>/checkpoints, not to the
+        # run's version folder, so that `--ckpt_path last` finds the latest run's last.ckpt (a new
+        # run writes last-v1.ckpt beside an older last.ckpt rather than over it).
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        logger = config.trainer.logger
+        if config.checkpoint.dirpath is None and getattr(logger, "init_args", None) is not None:
+            args = logger.init_args
+            if args.get("save_dir") and args.get("name"):
+                config.checkpoint.dirpath = str(Path(args.save_dir) / args.name / "checkpoints")
+
 
 def _class_arguments_help() -> str:
     sections = []
@@ -53,8 +65,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> GANCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
-        trainer_defaults={"logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                                     "init_args": {"save_dir": "runs"}}},
+        trainer_defaults={
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
+            "plugins": [{"class_path": "gan_modules.checkpoint_io.AtomicCheckpointIO"}],
+        },
         args=args,
         run=run,
     )

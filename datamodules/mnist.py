@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
 
-from datamodules.pipeline import UInt8ImageDataset, resize_uint8
+from datamodules.pipeline import ImageDataModule, UInt8ImageDataset, resize_uint8
 
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-class MNISTDataModule(LightningDataModule):
+class MNISTDataModule(ImageDataModule):
     """MNIST digits in [-1, 1], shape (1, image_size, image_size).
 
     The official 60,000 training images are the train split; the official 10,000 test images
@@ -40,16 +38,10 @@ class MNISTDataModule(LightningDataModule):
         image_size: int | None = None,
         download: bool = True,
     ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}: set `--data.batch_size`.")
+        super().__init__(batch_size, num_workers)
         self.data_dir = data_dir
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.image_size = image_size or 28
         self.download = download
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -89,21 +81,4 @@ class MNISTDataModule(LightningDataModule):
             f"archives from https://ossci-datasets.s3.amazonaws.com/mnist/), or point `--data.data_dir` "
             f"at the folder that holds MNIST/raw/. Missing: {', '.join(missing) or 'none (a file is corrupt)'}. "
             f"Why they were not fetched: {' '.join(why.split())}"
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=shuffle,
         )

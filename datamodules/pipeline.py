@@ -1,11 +1,16 @@
-"""The one place where images become floats in [-1, 1]."""
+"""What every datamodule shares: the one place where images become floats in [-1, 1], and the
+resumable shuffle of the training set."""
 
 from __future__ import annotations
 
+import os
+from typing import Any, Iterator
+
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -36,3 +41,96 @@ class UInt8ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return to_unit_range(self.images[index]), self.labels[index]
+
+
+class ResumableSampler(DistributedSampler):
+    """A per-epoch shuffle that is a pure function of ``(seed, epoch)``, split across ranks, and
+    that can resume in the middle of an epoch.
+
+    It is torch's ``DistributedSampler`` (so Lightning neither replaces it under DDP nor forgets to
+    call ``set_epoch``), given the rank and world size explicitly so it also works without a
+    process group. :meth:`resume` makes the next pass over ``epoch`` skip the samples the
+    interrupted run had already trained on; later epochs are whole.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = True) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        self._resume_epoch: int | None = None
+        self._resume_skip = 0
+
+    def resume(self, epoch: int, samples_seen: int) -> None:
+        """Skip the first ``samples_seen`` samples of this rank's share of ``epoch``."""
+        self._resume_epoch, self._resume_skip = epoch, samples_seen
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self._resume_epoch == self.epoch:
+            indices = indices[self._resume_skip:]
+        self._resume_epoch = None
+        return iter(indices)
+
+
+class ImageDataModule(LightningDataModule):
+    """The loaders every datamodule of this project shares.
+
+    Subclasses set ``train_set`` and ``val_set`` in ``setup`` and define ``image_shape``. Training
+    batches come in a shuffle that depends only on ``(PL_GLOBAL_SEED, epoch)`` and are split across
+    ranks by a :class:`ResumableSampler`; where an interrupted run stopped inside an epoch is saved
+    with the checkpoint, so a resumed run trains on exactly the batches the uninterrupted run would
+    have. Validation batches come in file order (Lightning splits them across ranks).
+    """
+
+    def __init__(self, batch_size: int, num_workers: int) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}: set `--data.batch_size`.")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self._shuffle_seed: int | None = None  # PL_GLOBAL_SEED when the first loader is built
+        self._resume: dict[str, int] | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if self._shuffle_seed is None:
+            self._shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the same on every rank
+        sampler = ResumableSampler(self.train_set, world_size, rank, seed=self._shuffle_seed)
+        if self._resume is not None:
+            sampler.resume(self._resume["epoch"], self._resume["batches_seen"] * self.batch_size)
+            self._resume = None
+        return self._loader(self.train_set, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, sampler=None, drop_last=False)
+
+    def _loader(self, dataset: Dataset | None, sampler: Any, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=drop_last,  # a last batch of 1 would break batch norm
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"shuffle_seed": self._shuffle_seed}
+        if self.trainer is not None and self.trainer.training:
+            # Batches this rank has trained on in the current epoch (the checkpoint is written after
+            # a batch's training step or at the end of the epoch).
+            state["epoch"] = self.trainer.current_epoch
+            state["batches_seen"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._shuffle_seed = state_dict.get("shuffle_seed", self._shuffle_seed)
+        if "epoch" in state_dict:
+            self._resume = {"epoch": state_dict["epoch"], "batches_seen": state_dict["batches_seen"]}

@@ -3,10 +3,12 @@ step counters and sampling. Each family's file adds only its losses and optimise
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor
 
 from gan_modules.networks import Discriminator, Generator, Norm, resolution_levels
@@ -33,6 +35,9 @@ class GANModule(LightningModule):
         n_critic: critic updates per generator update.
         max_generator_steps: stop training after this many generator updates, the iteration count
             the papers report (``None``: let the trainer's ``max_epochs``/``max_steps`` decide).
+        check_finite_every_n_steps: check that the losses are finite every this many batches (and
+            before every checkpoint), stopping with an error naming the step; each check waits for
+            the device. 0 checks only before checkpoints.
     """
 
     def __init__(
@@ -45,12 +50,15 @@ class GANModule(LightningModule):
         spectral_norm: bool = False,
         n_critic: int = 1,
         max_generator_steps: int | None = None,
+        check_finite_every_n_steps: int = 1,
     ) -> None:
         super().__init__()
         _check_positive(n_critic=n_critic, latent_dim=latent_dim,
                         generator_width=generator_width, critic_width=critic_width)
         if max_generator_steps is not None:
             _check_positive(max_generator_steps=max_generator_steps)
+        if check_finite_every_n_steps < 0:
+            raise ValueError("check_finite_every_n_steps must be >= 0: set `--model.check_finite_every_n_steps`.")
         channels, height, width = image_shape
         if height != width:
             raise ValueError(f"image_shape {tuple(image_shape)} is not square: set `--data.image_size`.")
@@ -64,6 +72,12 @@ class GANModule(LightningModule):
         self.critic_steps = 0
         self.generator_steps = 0
         self._critic_steps_at_last_generator_step = 0
+        # The noise and the penalty's mixing coefficients come from this generator, one per rank,
+        # saved in checkpoints: a resumed run draws what the uninterrupted run would have drawn,
+        # whatever validation or the dataloaders take from the global RNG meanwhile.
+        self._train_rng: torch.Generator | None = None
+        self._train_rng_state: Tensor | None = None
+        self._first_nonfinite = {"train/d_loss": None, "train/g_loss": None}
 
     # --- the algorithm -------------------------------------------------------------------------
 
@@ -77,6 +91,9 @@ class GANModule(LightningModule):
             {"train/critic_steps": float(self.critic_steps), "train/generator_steps": float(self.generator_steps)},
             on_step=True,
         )
+        every = self.hparams.check_finite_every_n_steps
+        if every and self.critic_steps % every == 0:
+            self._raise_if_nonfinite()
         limit = self.hparams.max_generator_steps
         if limit is not None and self.generator_steps >= limit:
             self.trainer.should_stop = True
@@ -84,9 +101,10 @@ class GANModule(LightningModule):
     def _critic_step(self, real: Tensor, optimizer: Any) -> None:
         """Critic: minimise the family's critic loss on a real batch and a fresh fake batch."""
         with torch.no_grad():
-            fake = self.generator(self.noise(real.shape[0]))
+            fake = self.generator(self.noise(real.shape[0], self.train_rng))
         self.toggle_optimizer(optimizer)
         loss = self.critic_loss(real, fake)
+        self._track_finite("train/d_loss", loss)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
@@ -97,13 +115,73 @@ class GANModule(LightningModule):
     def _generator_step(self, batch_size: int, optimizer: Any) -> None:
         """Generator: minimise the family's generator loss on a fresh fake batch."""
         self.toggle_optimizer(optimizer)  # the critic's parameters stop requiring grad
-        loss = self.generator_loss(self.generator(self.noise(batch_size)))
+        loss = self.generator_loss(self.generator(self.noise(batch_size, self.train_rng)))
+        self._track_finite("train/g_loss", loss)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
         self.untoggle_optimizer(optimizer)
         self.generator_steps += 1
         self._critic_steps_at_last_generator_step = self.critic_steps
+
+    # --- distributed training, randomness and failures -----------------------------------------
+
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy):
+            kwargs = strategy._ddp_kwargs
+            if not kwargs.get("find_unused_parameters", False) or kwargs.get("static_graph", False):
+                raise ValueError(
+                    "DDP must detect unused parameters to train a GAN: each of the two optimiser steps "
+                    "leaves the other network without gradients. Use `--trainer.strategy "
+                    "ddp_find_unused_parameters_true` (as configs/trainer/ddp.yaml does), or the "
+                    "strategy's `find_unused_parameters: true` without `static_graph`."
+                )
+            if strategy._layer_sync is not None and strategy.root_device.type != "cuda":
+                raise ValueError(
+                    "`--trainer.sync_batchnorm true` needs GPUs (torch's SyncBatchNorm runs on CUDA only): "
+                    "drop it on CPUs, where batch-norm statistics then stay per device."
+                )
+        elif not isinstance(strategy, SingleDeviceStrategy):
+            raise ValueError(
+                f"{type(strategy).__name__} is not supported by the GAN modules (two optimisers, manual "
+                f"optimisation): use one device or `--trainer.strategy ddp_find_unused_parameters_true`."
+            )
+
+    @property
+    def train_rng(self) -> torch.Generator:
+        """The generator of the training noise on this rank, seeded ``PL_GLOBAL_SEED + rank``."""
+        if self._train_rng is None or self._train_rng.device != self.device:
+            rng = torch.Generator(device=self.device)
+            if self._train_rng_state is not None:
+                rng.set_state(self._train_rng_state)
+            elif self._train_rng is not None:
+                rng.set_state(self._train_rng.get_state())
+            else:
+                rng.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed())) + self.global_rank)
+            self._train_rng, self._train_rng_state = rng, None
+        return self._train_rng
+
+    def _track_finite(self, name: str, loss: Tensor) -> None:
+        # Remember the first critic step with a non-finite loss without waiting for the device.
+        step = torch.full((), self.critic_steps + 1, device=loss.device)
+        first = self._first_nonfinite[name]
+        first = torch.full((), -1, device=loss.device) if first is None else first
+        self._first_nonfinite[name] = torch.where((first < 0) & ~torch.isfinite(loss.detach()), step, first)
+
+    def _raise_if_nonfinite(self) -> None:
+        """Raise on every rank together if any rank saw a non-finite loss since training started."""
+        firsts = [self._first_nonfinite[name] for name in self._first_nonfinite]
+        flags = torch.stack([torch.as_tensor(f if f is not None else -1, device=self.device) for f in firsts])
+        flags = self.trainer.strategy.reduce(flags.float(), reduce_op="max") if self.trainer.world_size > 1 else flags
+        for name, step in zip(self._first_nonfinite, flags.tolist()):
+            if step >= 0:
+                raise FloatingPointError(
+                    f"{name} became non-finite at critic step {int(step)} (epoch {self.current_epoch}): "
+                    f"training stopped and no checkpoint was written after it; the last checkpoint holds "
+                    f"the last good state. Lower `--model.lr`, or for WGAN-GP check `--model.gp_weight`, "
+                    f"and resume with `--ckpt_path last`."
+                )
 
     def critic_iterations(self) -> int:
         """Critic updates due before the next generator update (constant ``n_critic`` here)."""
@@ -170,12 +248,23 @@ class GANModule(LightningModule):
     # --- checkpoints ---------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.training:
+            self._raise_if_nonfinite()  # never save a broken state
         checkpoint["gan_state"] = {
             "model": type(self).__name__,
             "critic_steps": self.critic_steps,
             "generator_steps": self.generator_steps,
             "critic_steps_at_last_generator_step": self._critic_steps_at_last_generator_step,
+            "train_rng_states": self._gather_rng_states(),
         }
+
+    def _gather_rng_states(self) -> list[Tensor]:
+        """Every rank's training-RNG state (called on all ranks, as checkpoints are saved)."""
+        state = self.train_rng.get_state()
+        if self._trainer is None or self.trainer.world_size == 1:
+            return [state]
+        gathered = self.all_gather(state.to(self.device))  # (world_size, state_bytes)
+        return [row.cpu() for row in gathered]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("gan_state")
@@ -188,6 +277,10 @@ class GANModule(LightningModule):
         self.critic_steps = state["critic_steps"]
         self.generator_steps = state["generator_steps"]
         self._critic_steps_at_last_generator_step = state["critic_steps_at_last_generator_step"]
+        rng_states = state.get("train_rng_states", [])
+        rank = self.global_rank if self._trainer is not None else 0
+        if len(rng_states) > rank:
+            self._train_rng, self._train_rng_state = None, rng_states[rank]
 
 
 def _check_positive(**values: int) -> None:

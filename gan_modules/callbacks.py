@@ -35,7 +35,11 @@ class SampleGridCallback(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.noise is None:
-            self.noise = pl_module.noise(self.num_samples, torch.Generator().manual_seed(self.seed)).cpu()
+            self.noise = self.setup_noise(pl_module)
+
+    def setup_noise(self, pl_module: LightningModule) -> torch.Tensor:
+        """The fixed noise drawn from ``seed``, (num_samples, latent_dim) on the CPU."""
+        return pl_module.noise(self.num_samples, torch.Generator().manual_seed(self.seed)).cpu()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:

@@ -25,6 +25,8 @@ class DCGAN(GANModule):
         spectral_norm: wrap every discriminator convolution in spectral normalisation.
         n_critic: discriminator updates per generator update (the paper: 1).
         max_generator_steps: stop after this many generator updates (``None``: no limit).
+        check_finite_every_n_steps: check the losses are finite every this many batches and before
+            every checkpoint (0: only before checkpoints); each check waits for the device.
         lr: Adam learning rate of both networks.
         betas: Adam betas of both networks.
     """
@@ -39,11 +41,12 @@ class DCGAN(GANModule):
         spectral_norm: bool = False,
         n_critic: int = 1,
         max_generator_steps: int | None = None,
+        check_finite_every_n_steps: int = 1,
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.5, 0.999),
     ) -> None:
         super().__init__(image_shape, latent_dim, generator_width, critic_width, critic_norm,
-                         spectral_norm, n_critic, max_generator_steps)
+                         spectral_norm, n_critic, max_generator_steps, check_finite_every_n_steps)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
         """Discriminator: classify real as 1 and fake as 0."""

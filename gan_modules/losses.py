@@ -50,7 +50,9 @@ def wasserstein_estimate(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
     return real_scores.mean() - fake_scores.mean()
 
 
-def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
+def gradient_penalty(
+    critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
     """WGAN-GP gradient penalty (Gulrajani et al., 2017, eq. 3), without the weight lambda.
 
     ``mean_i (||grad_x critic(x_hat_i)||_2 - 1)^2`` with ``x_hat_i = a_i real_i + (1 - a_i) fake_i``
@@ -62,13 +64,15 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
         critic: maps a batch (N, ...) to scores of shape (N,) or (N, 1).
         real: real samples, (N, C, H, W) or any (N, ...).
         fake: generated samples of the same shape.
+        generator: draws the mixing coefficients (on ``real``'s device); the global RNG if ``None``.
 
     Returns:
         A scalar tensor.
     """
     if real.shape != fake.shape:
         raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} must have the same shape")
-    alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype,
+                       generator=generator)
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     scores = critic(x_hat)
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)

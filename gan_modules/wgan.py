@@ -57,6 +57,8 @@ class WGANGP(_WassersteinGAN):
         spectral_norm: also wrap every critic convolution in spectral normalisation.
         n_critic: critic updates per generator update.
         max_generator_steps: stop after this many generator updates (``None``: no limit).
+        check_finite_every_n_steps: check the losses are finite every this many batches and before
+            every checkpoint (0: only before checkpoints); each check waits for the device.
         lr: Adam learning rate of both networks.
         betas: Adam betas of both networks.
         gp_weight: the penalty's weight lambda.
@@ -72,6 +74,7 @@ class WGANGP(_WassersteinGAN):
         spectral_norm: bool = False,
         n_critic: int = 5,
         max_generator_steps: int | None = None,
+        check_finite_every_n_steps: int = 1,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.0, 0.9),
         gp_weight: float = 10.0,
@@ -84,12 +87,12 @@ class WGANGP(_WassersteinGAN):
         if gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {gp_weight}: set `--model.gp_weight`.")
         super().__init__(image_shape, latent_dim, generator_width, critic_width, critic_norm,
-                         spectral_norm, n_critic, max_generator_steps)
+                         spectral_norm, n_critic, max_generator_steps, check_finite_every_n_steps)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
         """Critic: maximise E[D(real)] - E[D(fake)] with the gradient penalty on interpolates."""
         _, _, wasserstein = self._critic_terms(real, fake)
-        penalty = gradient_penalty(self.critic, real, fake)
+        penalty = gradient_penalty(self.critic, real, fake, self.train_rng)
         loss = -wasserstein + self.hparams.gp_weight * penalty
         self.log_dict({"train/d_loss": loss, "train/wasserstein": wasserstein, "train/gradient_penalty": penalty})
         return loss
@@ -117,6 +120,8 @@ class WGAN(_WassersteinGAN):
         spectral_norm: also wrap every critic convolution in spectral normalisation.
         n_critic: critic updates per generator update.
         max_generator_steps: stop after this many generator updates (``None``: no limit).
+        check_finite_every_n_steps: check the losses are finite every this many batches and before
+            every checkpoint (0: only before checkpoints); each check waits for the device.
         lr: RMSprop learning rate of both networks.
         clip_value: the bound c of the weight clipping.
         warmup: the reference code's schedule: 100 critic updates per generator update for the first
@@ -133,6 +138,7 @@ class WGAN(_WassersteinGAN):
         spectral_norm: bool = False,
         n_critic: int = 5,
         max_generator_steps: int | None = None,
+        check_finite_every_n_steps: int = 1,
         lr: float = 5e-5,
         clip_value: float = 0.01,
         warmup: bool = False,
@@ -140,7 +146,7 @@ class WGAN(_WassersteinGAN):
         if clip_value <= 0:
             raise ValueError(f"clip_value must be > 0, got {clip_value}: set `--model.clip_value`.")
         super().__init__(image_shape, latent_dim, generator_width, critic_width, critic_norm,
-                         spectral_norm, n_critic, max_generator_steps)
+                         spectral_norm, n_critic, max_generator_steps, check_finite_every_n_steps)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
         """Critic: maximise E[D(real)] - E[D(fake)]; the clipping keeps it Lipschitz."""

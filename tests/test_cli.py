@@ -83,7 +83,7 @@ def test_fit_from_the_cli_then_sample(preset: str, tags: set[str], mnist_dir: Pa
          "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")], cwd=tmp_path)
     run_dir = tmp_path / "runs" / preset / "version_0"
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = tmp_path / "runs" / preset / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
     state = torch.load(checkpoint, weights_only=True)["gan_state"]
     assert state["critic_steps"] == 2 * 64 // 8  # one critic step per batch, two epochs
@@ -91,6 +91,13 @@ def test_fit_from_the_cli_then_sample(preset: str, tags: set[str], mnist_dir: Pa
     events.Reload()
     assert tags | {"train/critic_steps", "train/generator_steps"} <= set(events.Tags()["scalars"])
     assert "samples/fixed_noise" in events.Tags()["images"]
+
+    if preset == "dcgan_mnist":  # `--ckpt_path last` finds the run's last.ckpt and continues it
+        run(["fit", "--config", str(ROOT / "configs" / f"{preset}.yaml"), "--data.data_dir", str(mnist_dir),
+             "--data.batch_size", "8", "--model.generator_width", "8", "--model.critic_width", "8",
+             "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
+             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--ckpt_path", "last"], cwd=tmp_path)
+        assert torch.load(checkpoint, weights_only=True)["gan_state"]["critic_steps"] == 3 * 64 // 8
 
     output = tmp_path / "out" / "samples.pt"
     run(["sample", "--ckpt_path", str(checkpoint), "--num_samples", "10", "--output", str(output)], cwd=tmp_path)

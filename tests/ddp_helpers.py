@@ -1,0 +1,39 @@
+"""Helpers that the DDP and failure tests load into train.py subprocesses by class path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
+
+from gan_modules import DCGAN
+
+
+class SaveRankState(Callback):
+    """At the end of training, each rank writes its parameters, buffers and first noise seed."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "parameters": {k: v.detach().cpu() for k, v in pl_module.named_parameters()},
+            "buffers": {k: v.detach().cpu() for k, v in pl_module.named_buffers()},
+            "train_rng_seed": pl_module.train_rng.initial_seed(),
+            "world_size": trainer.world_size,
+            "critic_steps": pl_module.critic_steps,
+            "batch_norm_types": sorted({type(m).__name__ for m in pl_module.modules() if "BatchNorm" in type(m).__name__}),
+        }, self.dirpath / f"rank{trainer.global_rank}.pt")
+
+
+class NaNOnLastRank(DCGAN):
+    """A DCGAN whose critic loss turns NaN at critic step 3 on the last rank only."""
+
+    def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        loss = super().critic_loss(real, fake)
+        if self.critic_steps + 1 == 3 and self.global_rank == self.trainer.world_size - 1:
+            loss = loss * float("nan")
+        return loss
