@@ -116,10 +116,15 @@ class ImageDataModule(LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
+            collate_fn=self.collate_fn(dataset),
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=drop_last,  # a last batch of 1 would break batch norm
         )
+
+    def collate_fn(self, dataset: Dataset | None) -> Any:
+        """How ``dataset``'s items become a batch; ``None``: torch's default."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"shuffle_seed": self._shuffle_seed}

@@ -1,0 +1,81 @@
+"""Any folder of images (JPEG, PNG, BMP, WebP, GIF, TIFF), searched recursively."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from datamodules.image_cache import IMAGE_EXTENSIONS, Crop, ImageFilesDataModule, ImageList, find_images
+
+
+class ImageFolderDataModule(ImageFilesDataModule):
+    """The images under ``data_dir`` in [-1, 1], shape (channels, image_size, image_size).
+
+    Every file with an image extension under ``data_dir`` is used, in subfolders too (hidden files and
+    folders are skipped); labels are all 0. The validation split is a fixed random sample of the
+    sorted file list, drawn with ``split_seed``: the same files give the same split on every run and
+    every rank (adding or removing files redraws it).
+
+    Args:
+        data_dir: the folder of images.
+        batch_size: images per batch (per device under DDP).
+        num_workers: dataloader worker processes. With the cache a batch is one gather from a
+            memory-mapped array: 0 (in the training process) is fine on a CPU, 2 prepare the next
+            batches while a GPU trains. Without it every image is decoded: use every core.
+        image_size: side of the square images, after cropping (bilinear, antialiased resize).
+        crop: ``center``: the largest centred square; ``center178``: the centred 178 x 178 square
+            (CelebA's common crop); ``face``: the centred 108 x 108 square (carpedm20/DCGAN-tensorflow's
+            CelebA crop). Fixed sides are clipped to the short side of smaller images.
+        channels: 3 for RGB, 1 for grayscale (PIL's ITU-R 601-2 luma).
+        val_fraction: fraction of the images held out for validation, at least one image; 0 validates
+            on the training images.
+        split_seed: seed of the validation sample.
+        cache: decode, crop and resize every image once into a uint8 ``.npy`` under ``cache_dir`` and
+            train from it without decoding; rebuilt when the crop, size, channels or files change.
+        cache_dir: where the cache goes; ``None``: ``data_dir/.gan_cache``.
+        strict: stop on a corrupt or truncated image instead of skipping it with a warning.
+    """
+
+    cache_prefix = "images"
+
+    def __init__(
+        self,
+        data_dir: str = "data/images",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        image_size: int = 64,
+        crop: Crop = "center",
+        channels: Literal[1, 3] = 3,
+        val_fraction: float = 0.05,
+        split_seed: int = 0,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        strict: bool = False,
+    ) -> None:
+        if crop not in ("center", "center178", "face"):
+            raise ValueError(f"crop must be 'center', 'center178' or 'face', got {crop!r}: set `--data.crop`.")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}: set `--data.val_fraction`.")
+        super().__init__(data_dir, batch_size, num_workers, image_size, crop, channels, cache, cache_dir, strict)
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+
+    def image_list(self) -> ImageList:
+        root = Path(self.data_dir)
+        if not root.is_dir():
+            raise RuntimeError(f"the image folder {root} does not exist: set `--data.data_dir` to a folder of images.")
+        files = find_images(root, skip=self.cache_dir)
+        if not files:
+            raise RuntimeError(f"no images in {root} or its subfolders (looked for {', '.join(IMAGE_EXTENSIONS)}): "
+                               f"set `--data.data_dir` to a folder of images.")
+        if self.val_fraction == 0:
+            everything = list(range(len(files)))
+            return ImageList(root, files, everything, everything)
+        num_val = max(1, round(self.val_fraction * len(files)))
+        if num_val >= len(files):
+            raise RuntimeError(f"{root} holds {len(files)} images, too few to hold out {self.val_fraction:.0%} for "
+                               f"validation: add images or lower `--data.val_fraction` (0 validates on the training images).")
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        return ImageList(root, files, sorted(order[num_val:]), sorted(order[:num_val]))

@@ -1,0 +1,208 @@
+"""ImageFolderDataModule on tiny folders of JPEG, PNG, BMP and WebP files written here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities.data import _update_dataloader
+from PIL import Image
+from torch.utils.data import DistributedSampler
+
+import datamodules.image_cache as image_cache
+from datamodules.image_cache import CachedImageDataset, build_cache, find_images
+from datamodules.image_folder import ImageFolderDataModule
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (40, 30), fmt: str | None = None) -> None:
+    """A (width, height) image of random 10-pixel colour blocks."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    blocks = rng.integers(0, 256, (height // 10 + 1, width // 10 + 1, 3), dtype=np.uint8)
+    pixels = np.kron(blocks, np.ones((10, 10, 1), dtype=np.uint8))[:height, :width]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=fmt)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """20 images in several formats and subfolders, plus files that are not images."""
+    root = tmp_path / "images"
+    names = ([f"a/{i:02d}.jpg" for i in range(6)] + [f"a/b/{i:02d}.png" for i in range(6)]
+             + ["c/x.jpeg", "c/y.JPG", "c/z.PNG", "d.bmp", "e.webp", "f.tif", "g/h/i/j.gif", "k.jpg"])
+    for seed, name in enumerate(names):
+        write_image(root / name, seed)
+    (root / "notes.txt").write_text("not an image")
+    write_image(root / ".hidden" / "skip.jpg", 99)
+    write_image(root / ".skip.png", 98)
+    return root
+
+
+def loaded(data_dir: Path, **kwargs) -> ImageFolderDataModule:
+    datamodule = ImageFolderDataModule(str(data_dir), **{"batch_size": 4, "image_size": 8, **kwargs})
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def test_finds_images_recursively_in_every_format(folder: Path) -> None:
+    files = find_images(folder)
+    assert len(files) == 20 and files == sorted(files)
+    assert {"c/y.JPG", "c/z.PNG", "d.bmp", "e.webp", "f.tif", "g/h/i/j.gif"} <= set(files)
+    assert not any(".hidden" in name or "skip" in name or name.endswith(".txt") for name in files)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_batches_in_unit_range_with_a_deterministic_split(folder: Path, cache: bool) -> None:
+    datamodule = loaded(folder, val_fraction=0.2, cache=cache)
+    assert (len(datamodule.train_set), len(datamodule.val_set)) == (16, 4)
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert images.shape == (4, 3, 8, 8) and images.dtype == torch.float32 and labels.tolist() == [0] * 4
+    assert images.min() >= -1 and images.max() <= 1 and images.min() < -0.5 and images.max() > 0.5
+    assert datamodule.image_shape == (3, 8, 8)
+
+    val = torch.cat([batch[0] for batch in datamodule.val_dataloader()])
+    same = torch.cat([batch[0] for batch in loaded(folder, val_fraction=0.2, cache=cache).val_dataloader()])
+    other = torch.cat([batch[0] for batch in loaded(folder, val_fraction=0.2, cache=cache,
+                                                     split_seed=1).val_dataloader()])
+    torch.testing.assert_close(val, same, rtol=0, atol=0)
+    assert not torch.equal(val, other)
+
+
+def test_validation_on_the_training_images_when_val_fraction_is_zero(folder: Path) -> None:
+    datamodule = loaded(folder, val_fraction=0.0)
+    assert len(datamodule.train_set) == len(datamodule.val_set) == 20
+
+
+def test_grayscale(folder: Path) -> None:
+    datamodule = loaded(folder, channels=1)
+    assert datamodule.image_shape == (1, 8, 8)
+    assert next(iter(datamodule.train_dataloader()))[0].shape == (4, 1, 8, 8)
+
+
+def test_center_crop_takes_the_middle_square(tmp_path: Path) -> None:
+    pixels = np.zeros((20, 60, 3), dtype=np.uint8)  # a white 20 x 20 square between black sides
+    pixels[:, 20:40] = 255
+    (tmp_path / "images").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "images" / "wide.png")
+    images = next(iter(loaded(tmp_path / "images", val_fraction=0.0, crop="center").val_dataloader()))[0]
+    assert images.min() == 1.0
+
+
+def test_cache_is_reused_and_rebuilt_when_the_files_change(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    array = loaded(folder).train_set.array_path
+    assert array.parent == folder / ".gan_cache"
+    decoded: list[str] = []
+    load_image = image_cache.load_image
+    monkeypatch.setattr(image_cache, "load_image", lambda path, *args: decoded.append(path) or load_image(path, *args))
+
+    loaded(folder)
+    assert decoded == []
+    loaded(folder, channels=1)
+    assert len(decoded) == 20
+
+    decoded.clear()
+    write_image(folder / "a" / "00.jpg", seed=123)  # the same name, new content and mtime
+    datamodule = loaded(folder)
+    assert len(decoded) == 20 and datamodule.train_set.array_path != array
+
+    decoded.clear()
+    write_image(folder / "new.png", seed=124)
+    assert len(loaded(folder, val_fraction=0.0).train_set) == 21 and len(decoded) == 21
+
+
+def test_cache_built_by_worker_processes_equals_the_main_process(folder: Path, tmp_path: Path) -> None:
+    files = find_images(folder)
+    serial = build_cache(folder, files, tmp_path / "serial", "key", "center", 8, 3, num_workers=0)
+    parallel = build_cache(folder, files, tmp_path / "parallel", "key", "center", 8, 3, num_workers=2)
+    assert np.array_equal(np.load(serial.array_path), np.load(parallel.array_path))
+
+
+def test_cached_loader_keeps_working_under_a_distributed_sampler(folder: Path) -> None:
+    """Lightning rebuilds the validation loader with a DistributedSampler under DDP; batches must
+    still come whole from ``__getitems__``."""
+    datamodule = loaded(folder, val_fraction=0.0)
+    sampler = DistributedSampler(datamodule.val_set, num_replicas=2, rank=1, shuffle=False)
+    loader = _update_dataloader(datamodule.val_dataloader(), sampler, RunningStage.VALIDATING)
+    batches = [images for images, _ in loader]
+    assert [len(images) for images in batches] == [4, 4, 2]  # this rank's 10 of the 20 images
+    assert all(images.shape[1:] == (3, 8, 8) and images.abs().max() <= 1 for images in batches)
+
+
+def test_trains_and_validates_a_dcgan_from_the_cache(folder: Path) -> None:
+    from gan_modules import DCGAN
+
+    datamodule = ImageFolderDataModule(str(folder), batch_size=4, image_size=32)
+    model = DCGAN(image_shape=datamodule.image_shape, generator_width=4, critic_width=4)
+    trainer = Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=datamodule)
+    assert (model.critic_steps, model.generator_steps) == (2, 2)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+def test_unreadable_files_are_skipped_with_one_warning_naming_them(folder: Path) -> None:
+    broken = folder / "a" / "01.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated
+    (folder / "a" / "02.jpg").write_text("<html>not a JPEG</html>")
+    with pytest.warns(UserWarning) as warnings:
+        datamodule = loaded(folder, val_fraction=0.0)
+    messages = [str(w.message) for w in warnings if "cannot be read" in str(w.message)]
+    assert len(messages) == 1
+    assert "2 of 20 images" in messages[0] and "a/01.jpg" in messages[0] and "a/02.jpg" in messages[0]
+    assert len(datamodule.train_set) == 18
+
+    with pytest.raises(RuntimeError, match="2 of 20 images.*a/01.jpg.*--data.strict false"):
+        loaded(folder, strict=True)
+
+
+def test_a_folder_of_only_unreadable_files(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"\xff\xd8\xff broken")
+    with pytest.raises(RuntimeError, match="1 of 1 images .* cannot be read"):
+        loaded(tmp_path / "images", val_fraction=0.0)
+    with pytest.warns(UserWarning, match="a.jpg"), pytest.raises(RuntimeError, match="all 1 images of a batch"):
+        next(iter(loaded(tmp_path / "images", val_fraction=0.0, cache=False).val_dataloader()))
+
+
+def test_cache_dir_that_cannot_be_written(folder: Path, tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(RuntimeError, match="cannot write the .* image cache.*--data.cache_dir.*--data.cache false"):
+        loaded(folder, cache_dir=str(tmp_path / "a_file" / "cache"))
+
+
+def test_missing_empty_and_too_small_folders(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="does not exist.*--data.data_dir"):
+        loaded(tmp_path / "nowhere")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("no images")
+    with pytest.raises(RuntimeError, match=r"no images in .*empty.*\.jpg.*--data.data_dir"):
+        loaded(tmp_path / "empty", cache=False)
+    write_image(tmp_path / "one" / "a.png", 0)
+    with pytest.raises(RuntimeError, match="1 images, too few.*--data.val_fraction"):
+        loaded(tmp_path / "one")
+
+
+def test_bad_arguments_name_the_flag() -> None:
+    for kwargs, flag in (({"channels": 2}, "channels"), ({"val_fraction": 1.0}, "val_fraction"),
+                         ({"crop": "middle"}, "crop"), ({"num_workers": -1}, "num_workers")):
+        with pytest.raises(ValueError, match=f"--data.{flag}"):
+            ImageFolderDataModule(**kwargs)
+
+
+def test_dataloader_before_setup(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="call `prepare_data\\(\\)` and `setup\\(\\)` first"):
+        ImageFolderDataModule(str(tmp_path)).train_dataloader()
+
+
+def test_cached_dataset_items_and_batches_agree(folder: Path) -> None:
+    dataset: CachedImageDataset = loaded(folder, val_fraction=0.0).train_set
+    images, labels = dataset.__getitems__([5, 2, 9])
+    singles = torch.stack([dataset[i][0] for i in (2, 5, 9)])  # a batch comes sorted by row
+    torch.testing.assert_close(images, singles, rtol=0, atol=0)
+    assert labels.tolist() == [0, 0, 0]
