@@ -1,4 +1,4 @@
-"""Callbacks that look at the generator: the fixed-noise sample grid."""
+"""Callbacks that look at the generator: the fixed-noise sample grid, and FID (in fid.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchvision.utils import make_grid
+
+from gan_modules.fid import FIDCallback
+
+__all__ = ["FIDCallback", "SampleGridCallback"]
 
 
 class SampleGridCallback(Callback):

@@ -81,6 +81,7 @@ def test_fit_from_the_cli_then_sample(preset: str, tags: set[str], mnist_dir: Pa
          "--data.data_dir", str(mnist_dir), "--data.batch_size", "8",
          "--model.generator_width", "8", "--model.critic_width", "8",
          "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+         "--trainer.callbacks=[]",  # no FID: Inception weights cannot be downloaded here (tests/test_fid.py)
          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")], cwd=tmp_path)
     run_dir = tmp_path / "runs" / preset / "version_0"
     checkpoint = tmp_path / "runs" / preset / "checkpoints" / "last.ckpt"
@@ -95,7 +96,7 @@ def test_fit_from_the_cli_then_sample(preset: str, tags: set[str], mnist_dir: Pa
     if preset == "dcgan_mnist":  # `--ckpt_path last` finds the run's last.ckpt and continues it
         run(["fit", "--config", str(ROOT / "configs" / f"{preset}.yaml"), "--data.data_dir", str(mnist_dir),
              "--data.batch_size", "8", "--model.generator_width", "8", "--model.critic_width", "8",
-             "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
+             "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false", "--trainer.callbacks=[]",
              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--ckpt_path", "last"], cwd=tmp_path)
         assert torch.load(checkpoint, weights_only=True)["gan_state"]["critic_steps"] == 3 * 64 // 8
 

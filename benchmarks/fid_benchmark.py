@@ -1,0 +1,153 @@
+"""Seconds one FID evaluation of FIDCallback takes here, and what the real-statistics cache saves.
+
+    python benchmarks/fid_benchmark.py                          # 1,000 and 5,000 samples, 1,000 real images
+    python benchmarks/fid_benchmark.py --num-samples 200 --num-real 200   # a quick look
+
+It runs the callback as training does: ``Trainer.validate`` of a default DCGAN (MNIST size, 1 x 28 x 28)
+on MNIST-format files, Inception-v3 pool3 features (2048, the standard FID) loaded through
+``weights_path``. Without network no trained Inception weights can be had, so the file holds the
+same architecture with random He-initialised weights: the same arithmetic, so the same time, but
+meaningless FID values. Pass ``--weights-path`` with the real file to use it instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from unittest import mock
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from conftest import write_mnist  # noqa: E402  (the tests' writer of real-format MNIST files)
+from datamodules.mnist import MNISTDataModule  # noqa: E402
+from gan_modules import DCGAN  # noqa: E402
+from gan_modules.fid import FIDCallback  # noqa: E402
+
+
+def random_inception_weights(path: Path) -> Path:
+    """Write torch-fidelity's Inception-v3 state dict with random weights (no download)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    with mock.patch.object(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: None), \
+            mock.patch.object(NoTrainInceptionV3, "load_state_dict", lambda self, state: None):
+        network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+    torch.manual_seed(0)
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            # PyTorch's default init shrinks activations layer by layer into denormal floats, which
+            # a CPU computes many times slower; He init keeps them at the scale trained weights give.
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.save(network.state_dict(), path)
+    return path
+
+
+class TimedFID(FIDCallback):
+    """Records the seconds of each FID evaluation and of its real-statistics step."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.evaluation_s: list[float] = []
+        self.real_statistics_s: list[float] = []
+        self.distance_s: list[float] = []
+        self.evaluation_cpu_s: list[float] = []  # CPU seconds of all threads: less sensitive to a busy machine
+        self.real_statistics_cpu_s: list[float] = []
+
+    def setup(self, trainer: Trainer, pl_module: DCGAN, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        compute = self.metric.compute
+
+        def timed_compute() -> torch.Tensor:  # the Fréchet distance from the summed statistics
+            start = time.perf_counter()
+            value = compute()
+            self.distance_s.append(time.perf_counter() - start)
+            return value
+
+        self.metric.compute = timed_compute
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: DCGAN) -> None:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        super().on_validation_epoch_end(trainer, pl_module)
+        self.evaluation_s.append(time.perf_counter() - start)
+        self.evaluation_cpu_s.append(time.process_time() - cpu_start)
+
+    def _ensure_real_statistics(self, trainer: Trainer) -> None:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        super()._ensure_real_statistics(trainer)
+        self.real_statistics_s.append(time.perf_counter() - start)
+        self.real_statistics_cpu_s.append(time.process_time() - cpu_start)
+
+
+def evaluate(data_dir: Path, cache_dir: Path, weights: Path, num_samples: int, batch_size: int) -> TimedFID:
+    seed_everything(0, verbose=False)
+    callback = TimedFID(feature=2048, weights_path=str(weights), num_samples=num_samples,
+                        batch_size=batch_size, cache_dir=str(cache_dir))
+    trainer = Trainer(accelerator="cpu", devices=1, callbacks=[callback], logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(DCGAN(), MNISTDataModule(str(data_dir), batch_size=batch_size, download=False), verbose=False)
+    return callback
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-samples", type=int, nargs="+", default=[1000, 5000], help="generated samples")
+    parser.add_argument("--num-real", type=int, default=1000, help="real validation images (MNIST has 10,000)")
+    parser.add_argument("--batch-size", type=int, default=100, help="images per Inception forward")
+    parser.add_argument("--weights-path", default=None, help="trained Inception weights, if you have them")
+    args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # "GPU available: False" and tips
+    warnings.filterwarnings("ignore", message="FID from")  # the few-samples warning: said once below
+    warnings.filterwarnings("ignore", message=".*LeafSpec")  # a deprecation inside Lightning
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data_dir = write_mnist(tmp / "data", n_train=8, n_test=args.num_real)
+        if args.weights_path:
+            weights, kind = Path(args.weights_path), "trained weights from --weights-path"
+        else:
+            weights = random_inception_weights(tmp / "inception-random.pth")
+            kind = ("RANDOM He-initialised weights (no trained Inception weights exist on this machine and it has "
+                    "no network): same architecture and arithmetic as the real network, so the same time; the "
+                    "FID values are meaningless")
+        print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads")
+        print(f"Feature extractor: Inception-v3 pool3 (2048 features), {kind}.")
+        print(f"Generator: DCGAN defaults (latent 100, width 64), 1 x 28 x 28, upsampled to 299 px for Inception; "
+              f"batch size {args.batch_size}.\n")
+
+        if min(args.num_samples + [args.num_real]) < 2048:
+            print("(The callback warns that fewer than 2,048 samples give an unreliable 2048-feature FID.)\n")
+        cache_dir = tmp / "cache"
+        print(f"{'generated samples':>18} {'seconds per FID evaluation':>27} {'of which Fréchet distance':>25} "
+              f"{'CPU seconds (all threads)':>26}")
+        fresh = None
+        for num_samples in args.num_samples:
+            run = evaluate(data_dir, cache_dir, weights, num_samples, args.batch_size)
+            fresh = fresh or run  # the first run computes the real statistics and writes the cache
+            seconds = run.evaluation_s[0] - run.real_statistics_s[0]
+            cpu_seconds = run.evaluation_cpu_s[0] - run.real_statistics_cpu_s[0]
+            print(f"{num_samples:>18,} {seconds:>27.1f} {run.distance_s[0]:>25.1f} {cpu_seconds:>26.1f}", flush=True)
+
+        cached = evaluate(data_dir, cache_dir, weights, 2, args.batch_size) if len(args.num_samples) == 1 else run
+        computed, read = fresh.real_statistics_s[0], cached.real_statistics_s[0]
+        per_image = computed / args.num_real
+        print(f"\nReal statistics of {args.num_real:,} validation images: computed in {computed:.1f} s "
+              f"({fresh.real_statistics_cpu_s[0]:.1f} CPU s), read from "
+              f"the cache in {read:.2f} s: the cache saves {computed - read:.1f} s at every later run start "
+              f"(MNIST's 10,000 validation images: about {per_image * 10_000:.0f} s, extrapolated at "
+              f"{per_image * 1000:.2f} ms per image).")
+
+
+if __name__ == "__main__":
+    main()

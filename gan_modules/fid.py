@@ -1,0 +1,383 @@
+"""Fréchet Inception Distance (Heusel et al., 2017, arXiv:1706.08500) measured during validation.
+
+The maths is torchmetrics' ``FrechetInceptionDistance``; this file decides which images it sees:
+the real statistics once per dataset (cached on disk), and a fixed set of generated samples that
+does not depend on the number of devices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset, Subset
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+INCEPTION_FEATURES = (64, 192, 768, 2048)
+REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+
+def build_fid_metric(feature: int | nn.Module = 2048, weights_path: str | None = None) -> FrechetInceptionDistance:
+    """A torchmetrics FID that keeps its real statistics across ``reset()``.
+
+    Inception (``feature`` an int) takes uint8 images (N, 3, H, W) and resizes them to 299 px the way
+    the original TensorFlow code does (``antialias=False``), so scores compare with published ones. A
+    custom ``nn.Module`` takes float images (N, 3, H, W) in [0, 1] and returns (N, num_features).
+
+    Raises:
+        RuntimeError: the Inception weights can be neither downloaded nor read from ``weights_path``.
+    """
+    if isinstance(feature, nn.Module):
+        return FrechetInceptionDistance(feature=feature, reset_real_features=False, normalize=True)
+    if weights_path is not None:
+        _check_weights_file(weights_path)
+    try:
+        return FrechetInceptionDistance(
+            feature=feature, reset_real_features=False, normalize=False,
+            feature_extractor_weights_path=weights_path, antialias=False,
+        )
+    except OSError as error:  # URLError, timeouts, DNS failures: no network
+        if weights_path is not None:
+            raise
+        raise RuntimeError(
+            f"FID could not download the Inception-v3 weights ({error}). On a machine without network, "
+            f"fetch {URL_INCEPTION_V3} elsewhere and pass the file with `--fid.weights_path PATH` "
+            f"(FIDCallback(weights_path=...)), or copy it into {Path(torch.hub.get_dir()) / 'checkpoints'}."
+        ) from error
+    except RuntimeError as error:  # load_state_dict: keys or shapes that are not torch-fidelity's
+        raise RuntimeError(
+            f"{weights_path} does not hold torch-fidelity's Inception-v3 weights ({error}); "
+            f"`--fid.weights_path` needs the file {URL_INCEPTION_V3.rsplit('/', 1)[-1]}."
+        ) from error
+
+
+def _check_weights_file(path: str) -> None:
+    # torch-fidelity loads the file with weights_only=False (arbitrary pickles); refuse anything
+    # that is not a plain state dict before it gets there.
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as error:
+        raise RuntimeError(
+            f"No Inception weights file at {path}: set `--fid.weights_path` to the downloaded "
+            f"{URL_INCEPTION_V3.rsplit('/', 1)[-1]} ({URL_INCEPTION_V3})."
+        ) from error
+    except Exception as error:  # unpickling errors of many types
+        raise RuntimeError(
+            f"{path} is not a PyTorch state dict of tensors ({error}): `--fid.weights_path` needs "
+            f"torch-fidelity's {URL_INCEPTION_V3.rsplit('/', 1)[-1]}."
+        ) from error
+
+
+class FIDCallback(Callback):
+    """Logs ``val/fid`` after every ``every_n_epochs``-th validation, on CPU, one GPU or under DDP.
+
+    Real statistics: the whole dataset of the first validation dataloader, read by this callback
+    itself, rank ``r`` of ``W`` taking items ``r, r+W, ...``. Lightning's own validation batches are
+    not used: under DDP its ``DistributedSampler`` repeats items to even out the ranks, and the
+    sanity check and ``limit_val_batches`` cut them short. The statistics are computed at the first
+    FID evaluation, kept for the rest of the run and written to ``cache_dir``, keyed by the datamodule
+    class and ``data_dir``, the dataset's class, length, image shape and first items, and the feature
+    extractor's class, layer and weights; a later run with the same key reads them back.
+
+    Generated samples: ``num_samples`` images from latent vectors drawn in chunks of ``batch_size``
+    from one CPU generator seeded with ``seed``, the same on every rank and every evaluation; rank
+    ``r`` of ``W`` runs the generator on chunks ``r, r+W, ...``. The set of samples is therefore
+    fixed and independent of the number of devices. Before sampling, the generator's buffers
+    (batch-norm running statistics, which each rank updates from its own batches) are broadcast
+    from rank 0, so every rank samples from the generator that rank 0 checkpoints.
+
+    Images go from [-1, 1] to uint8 like a saved PNG, grayscale is repeated to 3 channels.
+
+    Under DDP, torchmetrics sums every state over the ranks in ``compute()``. After the real
+    statistics are summed once, rank 0 holds the dataset totals and every other rank holds zeros,
+    whether they were computed or read from the cache (only rank 0 reads and writes it), so the sums
+    that ``compute()`` sees are the totals on every rank and nothing is counted twice. Every rank
+    updates and computes; the metric is an attribute of this callback, on the strategy's device, and
+    never part of the model's checkpoint.
+
+    Args:
+        feature: Inception-v3 layer, 64, 192, 768 or 2048 (pool3, the standard FID), or any
+            ``nn.Module`` with an int ``num_features`` that maps float images (N, 3, H, W) in
+            [0, 1] to features (N, num_features).
+        weights_path: local file of torch-fidelity's Inception-v3 weights
+            (``weights-inception-2015-12-05-6726825d.pth``) for machines without network; ``None``
+            downloads them to torch.hub's cache.
+        num_samples: generated images per evaluation; 10,000 or more for a stable score (papers
+            report 50,000). Fewer than the feature dimension gives a warning.
+        every_n_epochs: compute FID at the validation of every this many training epochs
+            (``trainer.validate`` always computes it).
+        batch_size: generated images per generator forward and per chunk of latent vectors.
+        seed: seed of the latent vectors.
+        cache_dir: folder of the cached real statistics; ``None`` turns the disk cache off.
+    """
+
+    def __init__(
+        self,
+        feature: int | nn.Module = 2048,
+        weights_path: str | None = None,
+        num_samples: int = 10_000,
+        every_n_epochs: int = 1,
+        batch_size: int = 250,
+        seed: int = 0,
+        cache_dir: str | None = ".fid_cache",
+    ) -> None:
+        for name, value, least in (("num_samples", num_samples, 2), ("every_n_epochs", every_n_epochs, 1),
+                                   ("batch_size", batch_size, 1)):
+            if value < least:  # FID needs two samples for a covariance
+                raise ValueError(f"{name} must be at least {least}, got {value}: set `--fid.{name}`.")
+        self.num_features = _num_features(feature)
+        self.feature = feature
+        self.weights_path = weights_path
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self.batch_size = batch_size
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.metric: FrechetInceptionDistance | None = None
+        self.real_images_processed = 0  # real images this process fed the metric (a cache hit adds none)
+        self._extractor_id: str | None = None
+        self._real_key: str | None = None  # key of the real statistics the metric holds now
+        _warn_if_few("num_samples", num_samples, self.num_features)
+
+    # --- Lightning hooks -----------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
+            return
+        chunks = -(-self.num_samples // self.batch_size)
+        if chunks < trainer.world_size:  # a rank without samples could not compute (and would hang the rest)
+            raise ValueError(
+                f"FID splits {self.num_samples} samples into {chunks} chunks of {self.batch_size}, fewer than the "
+                f"{trainer.world_size} processes: lower `--fid.batch_size` or raise `--fid.num_samples`."
+            )
+        if self.metric is None:
+            self.metric = build_fid_metric(self.feature, self.weights_path)
+            self._extractor_id = _module_fingerprint(self.metric.inception, self.feature)
+        self.metric.to(trainer.strategy.root_device)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or self.metric is None:
+            return
+        if trainer.state.fn == TrainerFn.FITTING and (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        fid = self.compute(trainer, pl_module)
+        # Every rank holds the same value; sync_dist only averages identical numbers.
+        pl_module.log("val/fid", fid, on_epoch=True, sync_dist=True)
+
+    # --- FID -----------------------------------------------------------------------------------
+
+    def compute(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
+        """FID between the validation set and ``num_samples`` generated images (collective under DDP)."""
+        assert self.metric is not None, "setup() builds the metric"
+        with torch.inference_mode():
+            self._ensure_real_statistics(trainer)
+            _sync_generator_buffers(pl_module, trainer)
+            try:
+                for images in self._generated_images(trainer, pl_module):
+                    self.metric.update(self._metric_input(images), real=False)
+                return self.metric.compute()
+            finally:
+                self.metric.reset()  # drops the generated statistics only (reset_real_features=False)
+
+    def _generated_images(self, trainer: Trainer, pl_module: Any) -> Iterator[Tensor]:
+        noise_source = torch.Generator().manual_seed(self.seed)
+        for chunk, start in enumerate(range(0, self.num_samples, self.batch_size)):
+            size = min(self.batch_size, self.num_samples - start)
+            noise = pl_module.noise(size, noise_source)  # drawn on every rank: chunk k is always the same
+            if chunk % trainer.world_size == trainer.global_rank:
+                yield pl_module.sample(size, noise=noise)
+
+    def _metric_input(self, images: Tensor) -> Tensor:
+        """[-1, 1] images (N, C, H, W) -> (N, 3, H, W): uint8 for Inception, [0, 1] floats otherwise."""
+        if images.shape[1] not in (1, 3):
+            raise ValueError(f"FID needs 1- or 3-channel images, got {images.shape[1]} channels.")
+        as_uint8 = ((images.float() + 1) * 127.5).round_().clamp_(0, 255)  # as saved to PNG
+        as_uint8 = as_uint8.expand(-1, 3, -1, -1)  # grayscale -> RGB; RGB unchanged
+        if isinstance(self.feature, nn.Module):
+            return as_uint8 / 255
+        return as_uint8.to(torch.uint8)
+
+    # --- real statistics -----------------------------------------------------------------------
+
+    def _ensure_real_statistics(self, trainer: Trainer) -> None:
+        loader = _first_val_loader(trainer)
+        # Rank 0's key decides for all ranks, so they all take the same branch below (collectives).
+        key = self._real_key_of(trainer, loader) if trainer.is_global_zero else None
+        key = trainer.strategy.broadcast(key, src=0)
+        if key == self._real_key:
+            return
+        loaded = self._load_cache(key) if trainer.is_global_zero else False
+        if trainer.strategy.broadcast(loaded, src=0):
+            if not trainer.is_global_zero:
+                self._set_real(None)
+        else:
+            self._set_real(None)
+            self._update_real(loader, trainer.global_rank, trainer.world_size)
+            totals = [trainer.strategy.reduce(getattr(self.metric, name).clone(), reduce_op="sum")
+                      for name in REAL_STATES]
+            self._set_real(totals if trainer.is_global_zero else None)
+            if trainer.is_global_zero:
+                self._save_cache(key)
+        self._real_key = key
+        if trainer.is_global_zero:
+            _warn_if_few("the number of real validation images", int(self.metric.real_features_num_samples),
+                         self.num_features)
+
+    def _update_real(self, loader: DataLoader, rank: int, world_size: int) -> None:
+        for batch in _shard(loader, rank, world_size, self.batch_size):
+            images = _images(batch).to(self.metric.device)
+            self.metric.update(self._metric_input(images), real=True)
+            self.real_images_processed += images.shape[0]
+
+    def _set_real(self, values: list[Tensor] | None) -> None:
+        """Set the real states to ``values`` (in ``REAL_STATES`` order), or to zeros."""
+        for i, name in enumerate(REAL_STATES):
+            current = getattr(self.metric, name)
+            value = torch.zeros_like(current) if values is None else values[i]
+            setattr(self.metric, name, value.to(device=current.device, dtype=current.dtype))
+
+    def _real_key_of(self, trainer: Trainer, loader: DataLoader) -> str:
+        dataset = loader.dataset
+        datamodule = trainer.datamodule
+        data_dir = getattr(datamodule, "data_dir", None)
+        first = _first_images(loader)
+        key = {
+            "datamodule": _qualname(datamodule) if datamodule is not None else "none",
+            "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else "none",
+            "split": "val",
+            "dataset": _qualname(dataset),
+            "num_real": len(dataset) if hasattr(dataset, "__len__") else "unknown",
+            "image_shape": list(first.shape[1:]),
+            "first_images": _digest([first]),
+            "feature_extractor": self._extractor_id,
+        }
+        return json.dumps(key, sort_keys=True)
+
+    def _cache_file(self, key: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return Path(self.cache_dir) / f"fid_real_{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+
+    def _load_cache(self, key: str) -> bool:
+        path = self._cache_file(key)
+        if path is None or not path.is_file():
+            return False
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached["key"] != key:
+                return False
+            self._set_real([cached[name] for name in REAL_STATES])
+        except Exception as error:  # a truncated or foreign file: recompute and overwrite it
+            rank_zero_warn(f"Ignoring the unreadable FID cache {path} ({error}); recomputing it.",
+                           category=UserWarning)
+            return False
+        return True
+
+    def _save_cache(self, key: str) -> None:
+        path = self._cache_file(key)
+        if path is None:
+            return
+        state = {name: getattr(self.metric, name).cpu() for name in REAL_STATES}
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"key": key, **state}, partial)
+            os.replace(partial, path)  # atomic: a crash never leaves a half-written cache
+        except OSError as error:  # the cache only saves time: training goes on without it
+            rank_zero_warn(f"Could not write the FID cache {path} ({error}); set `--fid.cache_dir` to a "
+                           f"writable folder to reuse the real statistics in later runs.", category=UserWarning)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _num_features(feature: int | nn.Module) -> int:
+    if isinstance(feature, nn.Module):
+        num_features = getattr(feature, "num_features", None)
+        if not isinstance(num_features, int):
+            raise ValueError(f"A custom FID feature extractor needs an int attribute `num_features` "
+                             f"(its output width); {_qualname(feature)} has {num_features!r}.")
+        return num_features
+    if feature not in INCEPTION_FEATURES:
+        raise ValueError(f"feature must be one of the Inception layers {INCEPTION_FEATURES} or an nn.Module, "
+                         f"got {feature!r}: set `--fid.feature`.")
+    return feature
+
+
+def _warn_if_few(what: str, count: int, num_features: int) -> None:
+    if count < num_features:
+        rank_zero_warn(
+            f"FID from {count} images ({what}) with {num_features}-dimensional features is unreliable: the "
+            f"covariance estimate is rank-deficient and the score biased. Use at least {num_features} "
+            f"(10,000 or more for a stable score), or a smaller `--fid.feature`.",
+            category=UserWarning,
+        )
+
+
+def _first_val_loader(trainer: Trainer) -> DataLoader:
+    loaders = trainer.val_dataloaders
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    if not isinstance(loader, DataLoader):
+        raise TypeError(f"FIDCallback reads the real images from the first validation DataLoader; got {loader!r}.")
+    return loader
+
+
+def _shard(loader: DataLoader, rank: int, world_size: int, batch_size: int) -> Iterable[Any]:
+    """The batches of items ``rank, rank + world_size, ...`` of the loader's dataset, without repeats."""
+    dataset = loader.dataset
+    if isinstance(dataset, IterableDataset):  # cannot index: stride over the loader's batches
+        return (batch for i, batch in enumerate(loader) if i % world_size == rank)
+    return DataLoader(Subset(dataset, range(rank, len(dataset), world_size)),
+                      batch_size=loader.batch_size or batch_size, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn)
+
+
+def _images(batch: Any) -> Tensor:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _first_images(loader: DataLoader, count: int = 8) -> Tensor:
+    dataset = loader.dataset
+    if isinstance(dataset, IterableDataset):
+        return _images(next(iter(loader)))[:count]
+    return torch.stack([_images(dataset[i]) for i in range(min(count, len(dataset)))])
+
+
+def _sync_generator_buffers(pl_module: Any, trainer: Trainer) -> None:
+    # Batch-norm running statistics are updated per rank by the last training step and only
+    # re-broadcast by DDP at its next forward: sample from rank 0's generator (the one checkpointed).
+    generator = getattr(pl_module, "generator", None)
+    if generator is not None and trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        for buffer in generator.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def _module_fingerprint(module: nn.Module, feature: int | nn.Module) -> str:
+    layer = feature if isinstance(feature, int) else getattr(module, "num_features", None)
+    return f"{_qualname(module)}:{layer}:{_digest(module.state_dict().values())}"
+
+
+def _digest(tensors: Iterable[Tensor]) -> str:
+    sha = hashlib.sha256()
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        sha.update(str(tensor.dtype).encode())
+        sha.update(tensor.view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()[:20]
+
+
+def _qualname(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"

@@ -1,0 +1,278 @@
+"""FIDCallback: the score's sanity, DDP equals one process, the real-statistics cache, grayscale,
+and the offline Inception error. Tiny feature extractors stand in for Inception (no downloads).
+
+Run as a script (``python tests/test_fid.py OUT_DIR DATA_DIR``) it is the two-process DDP scenario that
+``test_ddp_equals_one_process_and_reuses_the_cache`` launches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule, Trainer, seed_everything
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import write_mnist
+from datamodules.mnist import MNISTDataModule
+from gan_modules import DCGAN
+from gan_modules.fid import FIDCallback, build_fid_metric
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class PooledPixels(nn.Module):
+    """16 features: the channel-mean image average-pooled to 4 x 4. Counts the images it sees."""
+
+    num_features = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images_seen = 0
+        self.inputs: list[tuple[tuple[int, ...], torch.dtype, float, float, bool]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.images_seen += x.shape[0]
+        self.inputs.append((tuple(x.shape), x.dtype, x.min().item(), x.max().item(),
+                            bool((x == x[:, :1]).all())))  # channels equal: grayscale repeated
+        return F.adaptive_avg_pool2d(x.float().mean(1, keepdim=True), 4).flatten(1)  # (N, 16)
+
+
+def quiet_trainer(**kwargs) -> Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False)
+    return Trainer(**{**defaults, **kwargs})
+
+
+def tiny_dcgan() -> DCGAN:
+    seed_everything(0)
+    return DCGAN(latent_dim=8, generator_width=8, critic_width=8)
+
+
+def mnist(data_dir: Path) -> MNISTDataModule:
+    return MNISTDataModule(str(data_dir), batch_size=16, download=False)
+
+
+# --- the score -----------------------------------------------------------------------------------
+
+
+class Replay(LightningModule):
+    """Stands in for a GAN whose samples are fixed images: its "noise" is the next image indices."""
+
+    def __init__(self, real: Tensor, fake: Tensor) -> None:
+        super().__init__()
+        self.real, self.fake = real, fake
+        self.next_index = 0
+
+    def on_validation_epoch_start(self) -> None:
+        self.next_index = 0
+
+    def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        indices = torch.arange(self.next_index, self.next_index + n) % len(self.fake)
+        self.next_index += n
+        return indices
+
+    def sample(self, n: int, noise: Tensor) -> Tensor:
+        return self.fake[noise]
+
+    def validation_step(self, batch: object, batch_idx: int) -> None:
+        pass
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.real, torch.zeros(len(self.real))), batch_size=16)
+
+
+def smooth_rgb_images(n: int) -> Tensor:
+    """(n, 3, 16, 16) images in [-1, 1]: tanh of random planes, one per channel."""
+    g = torch.Generator().manual_seed(0)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    a, b, c = torch.randn(3, n, 3, 1, 1, generator=g) * 2
+    return torch.tanh(a * x + b * y + c)
+
+
+def replay_fid(real: Tensor, fake: Tensor, tmp_path: Path) -> float:
+    callback = FIDCallback(feature=PooledPixels(), num_samples=len(fake), batch_size=16, cache_dir=str(tmp_path))
+    results = quiet_trainer(callbacks=[callback]).validate(Replay(real, fake), verbose=False)
+    return results[0]["val/fid"]
+
+
+def test_fid_of_the_real_images_themselves_is_zero_and_of_noise_is_large(tmp_path: Path) -> None:
+    real = smooth_rgb_images(64)
+    noise = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    same = replay_fid(real, real, tmp_path)
+    different = replay_fid(real, noise, tmp_path)
+    assert abs(same) < 1e-6
+    assert different > 0.1  # the real features' variances alone are about 0.1 each
+
+
+# --- DDP -----------------------------------------------------------------------------------------
+
+
+def run_ddp_scenario(out_dir: Path, data_dir: Path) -> None:
+    """Two CPU processes: validate (computes and caches), validate again (reads), fit one epoch."""
+    strategy = "ddp_find_unused_parameters_true"  # Lightning wraps generator and critic in one DDP
+    record: dict[str, object] = {}
+    for run in ("fresh", "cached", "fit"):
+        model, extractor = tiny_dcgan(), PooledPixels()
+        callback = FIDCallback(feature=extractor, num_samples=50, batch_size=8, cache_dir=str(out_dir / "cache"))
+        trainer = quiet_trainer(devices=2, strategy=strategy, callbacks=[callback], max_epochs=2,
+                                limit_train_batches=2)  # fit: training goes on after an FID evaluation
+        if run == "fit":
+            trainer.fit(model, mnist(data_dir))
+        else:
+            trainer.validate(model, mnist(data_dir), verbose=False)
+        record[run] = {"fid": trainer.callback_metrics["val/fid"].item(),
+                       "real_images": callback.real_images_processed,
+                       "extractor_images": extractor.images_seen}
+    (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def test_ddp_equals_one_process_and_reuses_the_cache(tmp_path: Path) -> None:
+    data_dir = write_mnist(tmp_path / "data", n_train=32, n_test=51)  # 51: the ranks get 26 and 25
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, __file__, str(tmp_path), str(data_dir)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    callback = FIDCallback(feature=PooledPixels(), num_samples=50, batch_size=8, cache_dir=None)
+    single = quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)
+    expected = single[0]["val/fid"]
+
+    for rank in ranks:
+        assert rank["fresh"]["fid"] == pytest.approx(expected, rel=1e-4)
+        assert rank["cached"]["fid"] == pytest.approx(expected, rel=1e-4)  # no double counting
+        assert rank["cached"]["real_images"] == 0 and rank["fit"]["real_images"] == 0
+        assert rank["fit"]["fid"] > 0
+    # The validation set split without repeats (DistributedSampler would pad to 52) ...
+    assert sorted(r["fresh"]["real_images"] for r in ranks) == [25, 26]
+    # ... and the 50 samples split by chunks of 8: 7 chunks, rank 0 takes chunks 0, 2, 4, 6 (26 images), rank 1 the other 24.
+    assert sorted(r["cached"]["extractor_images"] for r in ranks) == [24, 26]
+
+
+# --- the real-statistics cache -------------------------------------------------------------------
+
+
+def test_real_statistics_are_computed_once_and_read_back_by_a_second_fit(tmp_path: Path) -> None:
+    data_dir = write_mnist(tmp_path / "data", n_train=32, n_test=20)
+    fits = []
+    for _ in range(2):
+        extractor = PooledPixels()
+        callback = FIDCallback(feature=extractor, num_samples=24, batch_size=8, cache_dir=str(tmp_path / "cache"))
+        trainer = quiet_trainer(callbacks=[callback], max_epochs=2, limit_train_batches=1)
+        trainer.fit(tiny_dcgan(), mnist(data_dir))
+        assert "val/fid" in trainer.callback_metrics
+        fits.append((callback, extractor))
+    (first, first_extractor), (second, second_extractor) = fits
+    assert first.real_images_processed == 20 and second.real_images_processed == 0
+    assert first_extractor.images_seen == 20 + 2 * 24  # real once, samples at both validations
+    assert second_extractor.images_seen == 2 * 24
+    assert len(list((tmp_path / "cache").glob("fid_real_*.pt"))) == 1
+    for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
+        assert torch.equal(getattr(first.metric, name), getattr(second.metric, name))
+
+
+def test_another_dataset_or_extractor_gets_its_own_cache_entry(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    for data_seed, extractor in ((0, PooledPixels()), (1, PooledPixels()), (1, nn.Sequential(PooledPixels()))):
+        if isinstance(extractor, nn.Sequential):
+            extractor.num_features = 16
+        data_dir = write_mnist(tmp_path / f"data{data_seed}", n_train=8, n_test=20, seed=data_seed)
+        callback = FIDCallback(feature=extractor, num_samples=16, batch_size=8, cache_dir=str(cache))
+        quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)
+        assert callback.real_images_processed == 20
+    assert len(list(cache.glob("fid_real_*.pt"))) == 3
+
+
+def test_the_metric_stays_out_of_checkpoints(tmp_path: Path) -> None:
+    data_dir = write_mnist(tmp_path / "data", n_train=16, n_test=20)
+    callback = FIDCallback(feature=PooledPixels(), num_samples=16, batch_size=8, cache_dir=None)
+    trainer = quiet_trainer(callbacks=[callback], max_epochs=1, limit_train_batches=1)
+    trainer.fit(tiny_dcgan(), mnist(data_dir))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert not any("features" in key or "inception" in key for key in checkpoint["state_dict"])
+    assert all(state == {} for state in checkpoint["callbacks"].values())
+
+
+# --- images, options and errors ------------------------------------------------------------------
+
+
+def test_grayscale_generators_reach_the_extractor_as_rgb_in_unit_range(tmp_path: Path) -> None:
+    data_dir = write_mnist(tmp_path / "data", n_train=16, n_test=20)
+    extractor = PooledPixels()
+    callback = FIDCallback(feature=extractor, num_samples=16, batch_size=8, cache_dir=None)
+    results = quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)
+    assert results[0]["val/fid"] > 0
+    for shape, dtype, low, high, channels_equal in extractor.inputs:
+        assert shape[1:] == (3, 28, 28) and dtype == torch.float32 and channels_equal
+        assert 0 <= low <= high <= 1
+
+
+def test_fewer_samples_than_features_warn() -> None:
+    with pytest.warns(UserWarning, match="unreliable"):
+        FIDCallback(feature=PooledPixels(), num_samples=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FIDCallback(feature=PooledPixels(), num_samples=16)
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="--fid.feature"):
+        FIDCallback(feature=100)
+    with pytest.raises(ValueError, match="num_features"):
+        FIDCallback(feature=nn.Flatten())
+    with pytest.raises(ValueError, match="--fid.num_samples"):
+        FIDCallback(feature=PooledPixels(), num_samples=1)
+
+
+def test_inception_without_network_says_how_to_pass_local_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(inception, "load_state_dict_from_url", offline)  # offline even where there is network
+    with pytest.raises(RuntimeError, match=r"could not download the Inception-v3 weights.*`--fid\.weights_path PATH`"):
+        build_fid_metric(2048)
+    callback = FIDCallback(feature=64, num_samples=64)
+    with pytest.raises(RuntimeError, match="--fid.weights_path"):
+        callback.setup(quiet_trainer(), tiny_dcgan(), "fit")
+
+
+def test_inception_runs_offline_from_a_local_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    with monkeypatch.context() as patch:  # random weights stand in for the real file
+        patch.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: None)
+        patch.setattr(NoTrainInceptionV3, "load_state_dict", lambda self, state: None)
+        weights = NoTrainInceptionV3(name="inception-v3-compat", features_list=["64"]).state_dict()
+    torch.save(weights, tmp_path / "inception.pth")
+    monkeypatch.setattr(inception, "load_state_dict_from_url", None)  # any download attempt fails
+
+    data_dir = write_mnist(tmp_path / "data", n_train=8, n_test=8)
+    with pytest.warns(UserWarning, match="unreliable"):  # 8 images, 64 features
+        callback = FIDCallback(feature=64, weights_path=str(tmp_path / "inception.pth"), num_samples=8,
+                               batch_size=8, cache_dir=None)
+        results = quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)
+    assert results[0]["val/fid"] > 0
+    assert torch.equal(callback.metric.inception.Conv2d_1a_3x3.conv.weight, weights["Conv2d_1a_3x3.conv.weight"])
+
+
+def test_a_missing_weights_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"No Inception weights file at .*nowhere\.pth"):
+        build_fid_metric(2048, weights_path=str(tmp_path / "nowhere.pth"))
+
+
+if __name__ == "__main__":
+    run_ddp_scenario(Path(sys.argv[1]), Path(sys.argv[2]))
