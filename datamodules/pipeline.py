@@ -9,6 +9,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -128,9 +129,10 @@ class ImageDataModule(LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"shuffle_seed": self._shuffle_seed}
-        if self.trainer is not None and self.trainer.training:
-            # Batches this rank has trained on in the current epoch (the checkpoint is written after
-            # a batch's training step or at the end of the epoch).
+        if self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            # Batches this rank has trained on in the current epoch: the checkpoint is written after a
+            # batch's training step, after a validation (inside or at the end of the epoch) or at the
+            # end of the epoch, always between batches.
             state["epoch"] = self.trainer.current_epoch
             state["batches_seen"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return state

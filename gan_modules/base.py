@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from gan_modules.networks import Discriminator, Generator, Norm, resolution_levels
@@ -102,27 +103,25 @@ class GANModule(LightningModule):
         """Critic: minimise the family's critic loss on a real batch and a fresh fake batch."""
         with torch.no_grad():
             fake = self.generator(self.noise(real.shape[0], self.train_rng))
-        self.toggle_optimizer(optimizer)
-        loss = self.critic_loss(real, fake)
-        self._track_finite("train/d_loss", loss)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
-        self.untoggle_optimizer(optimizer)
+        with self.toggled_optimizer(optimizer):  # the generator's parameters stop requiring grad
+            self._descend(optimizer, self.critic_loss(real, fake), "train/d_loss")
         self.critic_steps += 1
         self.on_critic_step_end()
 
     def _generator_step(self, batch_size: int, optimizer: Any) -> None:
         """Generator: minimise the family's generator loss on a fresh fake batch."""
-        self.toggle_optimizer(optimizer)  # the critic's parameters stop requiring grad
-        loss = self.generator_loss(self.generator(self.noise(batch_size, self.train_rng)))
-        self._track_finite("train/g_loss", loss)
+        with self.toggled_optimizer(optimizer):  # the critic's parameters stop requiring grad
+            fake = self.generator(self.noise(batch_size, self.train_rng))
+            self._descend(optimizer, self.generator_loss(fake), "train/g_loss")
+        self.generator_steps += 1
+        self._critic_steps_at_last_generator_step = self.critic_steps
+
+    def _descend(self, optimizer: Any, loss: Tensor, name: str) -> None:
+        """One optimiser step on ``loss``, whose finiteness is tracked as ``name``."""
+        self._track_finite(name, loss)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
-        self.untoggle_optimizer(optimizer)
-        self.generator_steps += 1
-        self._critic_steps_at_last_generator_step = self.critic_steps
 
     # --- distributed training, randomness and failures -----------------------------------------
 
@@ -248,7 +247,7 @@ class GANModule(LightningModule):
     # --- checkpoints ---------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._trainer is not None and self.trainer.training:
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             self._raise_if_nonfinite()  # never save a broken state
         checkpoint["gan_state"] = {
             "model": type(self).__name__,

@@ -38,7 +38,8 @@ class CrashAt(Callback):
             raise Crash
 
 
-def run(model_cls, data_dir: Path, ckpt_dir: Path, callbacks=(), ckpt_path=None, grid_seed=0):
+def run(model_cls, data_dir: Path, ckpt_dir: Path, callbacks=(), ckpt_path=None, grid_seed=0,
+        val_check_interval=None):
     torch.manual_seed(1234)  # what seed_everything does; the resumed run must not depend on it
     os.environ["PL_GLOBAL_SEED"] = "1234"
     model = model_cls(image_shape=(1, 28, 28), **TINY)
@@ -46,29 +47,35 @@ def run(model_cls, data_dir: Path, ckpt_dir: Path, callbacks=(), ckpt_path=None,
     grid = SampleGridCallback(num_samples=4, seed=grid_seed)
     trainer = Trainer(
         accelerator="cpu", max_epochs=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, plugins=[AtomicCheckpointIO()],
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_last=True), grid, *callbacks],
+        enable_model_summary=False, plugins=[AtomicCheckpointIO()], val_check_interval=val_check_interval,
+        # Saved after every batch, or, with a mid-epoch validation, only after each validation.
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=None if val_check_interval else 1,
+                                   save_last=True), grid, *callbacks],
     )
     trainer.fit(model, data, ckpt_path=ckpt_path)
     return model, trainer, grid
 
 
-@pytest.mark.parametrize("model_cls, crash_epoch, crash_batch", [
-    (WGANGP, 0, 5), (WGANGP, 1, 0), (DCGAN, 0, 5), (WGAN, 1, 3),
-], ids=["wgan_gp_mid_epoch", "wgan_gp_epoch_boundary", "dcgan_mid_epoch", "wgan_second_epoch"])
+@pytest.mark.parametrize("model_cls, crash_epoch, crash_batch, val_check_interval", [
+    (WGANGP, 0, 5, None), (WGANGP, 1, 0, None), (DCGAN, 0, 5, None), (WGAN, 1, 3, None), (WGANGP, 0, 6, 4),
+], ids=["wgan_gp_mid_epoch", "wgan_gp_epoch_boundary", "dcgan_mid_epoch", "wgan_second_epoch",
+        "wgan_gp_saved_at_a_mid_epoch_validation"])
 def test_resumed_run_ends_bitwise_equal_to_the_uninterrupted_run(
-    model_cls, crash_epoch, crash_batch, mnist_dir: Path, tmp_path: Path, monkeypatch
+    model_cls, crash_epoch, crash_batch, val_check_interval, mnist_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
-    reference, reference_trainer, _ = run(model_cls, mnist_dir, tmp_path / "reference")
+    reference, reference_trainer, _ = run(model_cls, mnist_dir, tmp_path / "reference",
+                                          val_check_interval=val_check_interval)
 
     with pytest.raises(Crash):
-        run(model_cls, mnist_dir, tmp_path / "resumed", callbacks=[CrashAt(crash_epoch, crash_batch)])
+        run(model_cls, mnist_dir, tmp_path / "resumed", callbacks=[CrashAt(crash_epoch, crash_batch)],
+            val_check_interval=val_check_interval)
     # The resumed process starts from another global RNG state and another grid seed: everything
     # the continuation needs must come from the checkpoint.
     torch.manual_seed(999)
-    resumed, resumed_trainer, grid = run(model_cls, mnist_dir, tmp_path / "resumed",
-                                         ckpt_path=str(tmp_path / "resumed" / "last.ckpt"), grid_seed=7)
+    resumed, resumed_trainer, grid = run(model_cls, mnist_dir, tmp_path / "resumed", grid_seed=7,
+                                         ckpt_path=str(tmp_path / "resumed" / "last.ckpt"),
+                                         val_check_interval=val_check_interval)
 
     # "The same" is bitwise: on one CPU the same operations on the same data in the same order give
     # the same bits, and any drift (a skipped or repeated batch, other noise) would show at once.
