@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gan_modules.networks import Discriminator, Generator, Norm, resolution_levels
 
@@ -39,6 +40,9 @@ class GANModule(LightningModule):
         check_finite_every_n_steps: check that the losses are finite every this many batches (and
             before every checkpoint), stopping with an error naming the step; each check waits for
             the device. 0 checks only before checkpoints.
+        ema_decay: keep an exponential moving average of the generator's weights and buffers,
+            ``ema = decay * ema + (1 - decay) * weights`` after every generator update, and sample
+            from it (grids, FID, ``sample``); ``None`` turns it off.
     """
 
     def __init__(
@@ -52,12 +56,15 @@ class GANModule(LightningModule):
         n_critic: int = 1,
         max_generator_steps: int | None = None,
         check_finite_every_n_steps: int = 1,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         _check_positive(n_critic=n_critic, latent_dim=latent_dim,
                         generator_width=generator_width, critic_width=critic_width)
         if max_generator_steps is not None:
             _check_positive(max_generator_steps=max_generator_steps)
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}: set `--model.ema_decay` (e.g. 0.999).")
         if check_finite_every_n_steps < 0:
             raise ValueError("check_finite_every_n_steps must be >= 0: set `--model.check_finite_every_n_steps`.")
         channels, height, width = image_shape
@@ -70,6 +77,12 @@ class GANModule(LightningModule):
         self.automatic_optimization = False
         self.generator = Generator(latent_dim, channels, height, generator_width)
         self.discriminator = Discriminator(channels, height, critic_width, critic_norm, spectral_norm)
+        # A submodule, so checkpoints save and restore it; it never takes gradients (DDP skips it).
+        self.generator_ema: AveragedModel | None = None
+        if ema_decay is not None:
+            self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay),
+                                               use_buffers=True)
+            self.generator_ema.requires_grad_(False)
         self.critic_steps = 0
         self.generator_steps = 0
         self._critic_steps_at_last_generator_step = 0
@@ -115,6 +128,8 @@ class GANModule(LightningModule):
             self._descend(optimizer, self.generator_loss(fake), "train/g_loss")
         self.generator_steps += 1
         self._critic_steps_at_last_generator_step = self.critic_steps
+        if self.generator_ema is not None:
+            self.generator_ema.update_parameters(self.generator)
 
     def _descend(self, optimizer: Any, loss: Tensor, name: str) -> None:
         """One optimiser step on ``loss``, whose finiteness is tracked as ``name``."""
@@ -220,19 +235,21 @@ class GANModule(LightningModule):
 
     @torch.no_grad()
     def sample(self, n: int, noise: Tensor | None = None) -> Tensor:
-        """``n`` images in [-1, 1], shape (n, C, H, W), from the generator in eval mode.
+        """``n`` images in [-1, 1], shape (n, C, H, W), from the generator in eval mode (its moving
+        average when ``ema_decay`` is set).
 
         Args:
             n: how many images.
             noise: latent vectors (n, latent_dim) to use instead of fresh ones.
         """
         z = self.noise(n) if noise is None else noise.to(self.device)
-        was_training = self.generator.training
-        self.generator.eval()
+        generator = self.generator_ema.module if self.generator_ema is not None else self.generator
+        was_training = generator.training
+        generator.eval()
         try:
-            return self.generator(z)
+            return generator(z)
         finally:
-            self.generator.train(was_training)
+            generator.train(was_training)
 
     def _real_images(self, batch: Any) -> Tensor:
         real = batch[0] if isinstance(batch, (tuple, list)) else batch

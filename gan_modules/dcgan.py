@@ -27,6 +27,8 @@ class DCGAN(GANModule):
         max_generator_steps: stop after this many generator updates (``None``: no limit).
         check_finite_every_n_steps: check the losses are finite every this many batches and before
             every checkpoint (0: only before checkpoints); each check waits for the device.
+        ema_decay: sample (grids, FID) from an exponential moving average of the generator with this
+            decay, updated after every generator update; ``None`` (the paper) turns it off.
         lr: Adam learning rate of both networks.
         betas: Adam betas of both networks.
     """
@@ -42,11 +44,13 @@ class DCGAN(GANModule):
         n_critic: int = 1,
         max_generator_steps: int | None = None,
         check_finite_every_n_steps: int = 1,
+        ema_decay: float | None = None,
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.5, 0.999),
     ) -> None:
         super().__init__(image_shape, latent_dim, generator_width, critic_width, critic_norm,
-                         spectral_norm, n_critic, max_generator_steps, check_finite_every_n_steps)
+                         spectral_norm, n_critic, max_generator_steps, check_finite_every_n_steps,
+                         ema_decay)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
         """Discriminator: classify real as 1 and fake as 0."""

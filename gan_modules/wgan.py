@@ -59,6 +59,8 @@ class WGANGP(_WassersteinGAN):
         max_generator_steps: stop after this many generator updates (``None``: no limit).
         check_finite_every_n_steps: check the losses are finite every this many batches and before
             every checkpoint (0: only before checkpoints); each check waits for the device.
+        ema_decay: sample (grids, FID) from an exponential moving average of the generator with this
+            decay, updated after every generator update; ``None`` (the paper) turns it off.
         lr: Adam learning rate of both networks.
         betas: Adam betas of both networks.
         gp_weight: the penalty's weight lambda.
@@ -75,6 +77,7 @@ class WGANGP(_WassersteinGAN):
         n_critic: int = 5,
         max_generator_steps: int | None = None,
         check_finite_every_n_steps: int = 1,
+        ema_decay: float | None = None,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.0, 0.9),
         gp_weight: float = 10.0,
@@ -87,7 +90,8 @@ class WGANGP(_WassersteinGAN):
         if gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {gp_weight}: set `--model.gp_weight`.")
         super().__init__(image_shape, latent_dim, generator_width, critic_width, critic_norm,
-                         spectral_norm, n_critic, max_generator_steps, check_finite_every_n_steps)
+                         spectral_norm, n_critic, max_generator_steps, check_finite_every_n_steps,
+                         ema_decay)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
         """Critic: maximise E[D(real)] - E[D(fake)] with the gradient penalty on interpolates."""
@@ -122,6 +126,8 @@ class WGAN(_WassersteinGAN):
         max_generator_steps: stop after this many generator updates (``None``: no limit).
         check_finite_every_n_steps: check the losses are finite every this many batches and before
             every checkpoint (0: only before checkpoints); each check waits for the device.
+        ema_decay: sample (grids, FID) from an exponential moving average of the generator with this
+            decay, updated after every generator update; ``None`` (the paper) turns it off.
         lr: RMSprop learning rate of both networks.
         clip_value: the bound c of the weight clipping.
         warmup: the reference code's schedule: 100 critic updates per generator update for the first
@@ -139,6 +145,7 @@ class WGAN(_WassersteinGAN):
         n_critic: int = 5,
         max_generator_steps: int | None = None,
         check_finite_every_n_steps: int = 1,
+        ema_decay: float | None = None,
         lr: float = 5e-5,
         clip_value: float = 0.01,
         warmup: bool = False,
@@ -146,7 +153,8 @@ class WGAN(_WassersteinGAN):
         if clip_value <= 0:
             raise ValueError(f"clip_value must be > 0, got {clip_value}: set `--model.clip_value`.")
         super().__init__(image_shape, latent_dim, generator_width, critic_width, critic_norm,
-                         spectral_norm, n_critic, max_generator_steps, check_finite_every_n_steps)
+                         spectral_norm, n_critic, max_generator_steps, check_finite_every_n_steps,
+                         ema_decay)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
         """Critic: maximise E[D(real)] - E[D(fake)]; the clipping keeps it Lipschitz."""

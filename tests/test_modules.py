@@ -153,3 +153,45 @@ def test_data_that_does_not_match_the_model_shape_is_refused() -> None:
                       enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError, match=r"shape \(3, 16, 16\) but DCGAN was built for image_shape \(1, 16, 16\)"):
         trainer.fit(model, loader(1, shape=(3, 16, 16)))
+
+
+def test_ema_generator_follows_the_formula_after_every_generator_update() -> None:
+    torch.manual_seed(0)
+    decay = 0.5
+    model = WGANGP(**TINY, n_critic=2, ema_decay=decay)
+    weights = []  # the generator's parameters after each generator update
+    generator_step = model._generator_step
+
+    def recording(*args):
+        generator_step(*args)
+        weights.append(snapshot(model.generator))
+
+    model._generator_step = recording
+    fit(model, 6)
+    assert len(weights) == 3
+    expected = weights[0]  # the first update copies the weights
+    for later in weights[1:]:
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, later)]
+    for e, p in zip(expected, model.generator_ema.module.parameters()):
+        assert torch.allclose(e, p, atol=1e-7)
+    assert not all(torch.equal(e, w) for e, w in zip(expected, weights[-1]))  # it is an average
+    assert not any(p.requires_grad for p in model.generator_ema.parameters())
+
+
+def test_sampling_uses_the_ema_generator_when_enabled() -> None:
+    model = DCGAN(**TINY, ema_decay=0.999)
+    with torch.no_grad():
+        for p in model.generator_ema.module.parameters():
+            p.mul_(0.5)  # make the average differ from the live generator
+    noise = model.noise(3, torch.Generator().manual_seed(0))
+    model.generator_ema.module.eval()
+    model.generator.eval()
+    expected = model.generator_ema.module(noise)
+    assert torch.equal(model.sample(3, noise=noise), expected)
+    assert not torch.equal(model.sample(3, noise=noise), model.generator(noise))
+    assert DCGAN(**TINY).generator_ema is None  # off by default
+
+
+def test_ema_decay_outside_zero_one_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\), got 1.5: set `--model.ema_decay`"):
+        DCGAN(**TINY, ema_decay=1.5)

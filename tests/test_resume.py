@@ -39,10 +39,10 @@ class CrashAt(Callback):
 
 
 def run(model_cls, data_dir: Path, ckpt_dir: Path, callbacks=(), ckpt_path=None, grid_seed=0,
-        val_check_interval=None):
+        val_check_interval=None, **model_args):
     torch.manual_seed(1234)  # what seed_everything does; the resumed run must not depend on it
     os.environ["PL_GLOBAL_SEED"] = "1234"
-    model = model_cls(image_shape=(1, 28, 28), **TINY)
+    model = model_cls(image_shape=(1, 28, 28), **TINY, **model_args)
     data = MNISTDataModule(data_dir=str(data_dir), batch_size=8)
     grid = SampleGridCallback(num_samples=4, seed=grid_seed)
     trainer = Trainer(
@@ -56,31 +56,34 @@ def run(model_cls, data_dir: Path, ckpt_dir: Path, callbacks=(), ckpt_path=None,
     return model, trainer, grid
 
 
-@pytest.mark.parametrize("model_cls, crash_epoch, crash_batch, val_check_interval", [
-    (WGANGP, 0, 5, None), (WGANGP, 1, 0, None), (DCGAN, 0, 5, None), (WGAN, 1, 3, None), (WGANGP, 0, 6, 4),
+@pytest.mark.parametrize("model_cls, crash_epoch, crash_batch, val_check_interval, model_args", [
+    (WGANGP, 0, 5, None, {}), (WGANGP, 1, 0, None, {}), (DCGAN, 0, 5, None, {}), (WGAN, 1, 3, None, {}),
+    (WGANGP, 0, 6, 4, {}), (DCGAN, 1, 2, None, {"ema_decay": 0.9}),
 ], ids=["wgan_gp_mid_epoch", "wgan_gp_epoch_boundary", "dcgan_mid_epoch", "wgan_second_epoch",
-        "wgan_gp_saved_at_a_mid_epoch_validation"])
+        "wgan_gp_saved_at_a_mid_epoch_validation", "dcgan_with_ema_generator"])
 def test_resumed_run_ends_bitwise_equal_to_the_uninterrupted_run(
-    model_cls, crash_epoch, crash_batch, val_check_interval, mnist_dir: Path, tmp_path: Path, monkeypatch
+    model_cls, crash_epoch, crash_batch, val_check_interval, model_args, mnist_dir: Path, tmp_path: Path,
+    monkeypatch
 ) -> None:
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     reference, reference_trainer, _ = run(model_cls, mnist_dir, tmp_path / "reference",
-                                          val_check_interval=val_check_interval)
+                                          val_check_interval=val_check_interval, **model_args)
 
     with pytest.raises(Crash):
         run(model_cls, mnist_dir, tmp_path / "resumed", callbacks=[CrashAt(crash_epoch, crash_batch)],
-            val_check_interval=val_check_interval)
+            val_check_interval=val_check_interval, **model_args)
     # The resumed process starts from another global RNG state and another grid seed: everything
     # the continuation needs must come from the checkpoint.
     torch.manual_seed(999)
     resumed, resumed_trainer, grid = run(model_cls, mnist_dir, tmp_path / "resumed", grid_seed=7,
                                          ckpt_path=str(tmp_path / "resumed" / "last.ckpt"),
-                                         val_check_interval=val_check_interval)
+                                         val_check_interval=val_check_interval, **model_args)
 
     # "The same" is bitwise: on one CPU the same operations on the same data in the same order give
     # the same bits, and any drift (a skipped or repeated batch, other noise) would show at once.
     assert (resumed.critic_steps, resumed.generator_steps) == (reference.critic_steps, reference.generator_steps)
     assert resumed_trainer.global_step == reference_trainer.global_step
+    assert reference.state_dict().keys() == resumed.state_dict().keys()  # the EMA generator too, if any
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     for opt_a, opt_b in zip(reference_trainer.optimizers, resumed_trainer.optimizers):
