@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 import datamodules
 import gan_modules
 from gan_modules.base import GANModule
-from gan_modules.callbacks import SampleGridCallback
+from gan_modules.callbacks import RunMonitor, SampleGridCallback
 
 
 class GANCLI(LightningCLI):
@@ -29,6 +29,7 @@ class GANCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(SampleGridCallback, "sample_grid")
+        parser.add_lightning_class_args(RunMonitor, "run_monitor")
         # `--help` lists the models' and datamodules' arguments too, not only `--model.help CLASS`.
         trainer_help = parser.format_help
         parser.format_help = lambda: trainer_help() + _class_arguments_help()

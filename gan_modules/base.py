@@ -117,7 +117,7 @@ class GANModule(LightningModule):
         with torch.no_grad():
             fake = self.generator(self.noise(real.shape[0], self.train_rng))
         with self.toggled_optimizer(optimizer):  # the generator's parameters stop requiring grad
-            self._descend(optimizer, self.critic_loss(real, fake), "train/d_loss")
+            self._descend(optimizer, self.critic_loss(real, fake), "d")
         self.critic_steps += 1
         self.on_critic_step_end()
 
@@ -125,17 +125,20 @@ class GANModule(LightningModule):
         """Generator: minimise the family's generator loss on a fresh fake batch."""
         with self.toggled_optimizer(optimizer):  # the critic's parameters stop requiring grad
             fake = self.generator(self.noise(batch_size, self.train_rng))
-            self._descend(optimizer, self.generator_loss(fake), "train/g_loss")
+            self._descend(optimizer, self.generator_loss(fake), "g")
         self.generator_steps += 1
         self._critic_steps_at_last_generator_step = self.critic_steps
         if self.generator_ema is not None:
             self.generator_ema.update_parameters(self.generator)
 
-    def _descend(self, optimizer: Any, loss: Tensor, name: str) -> None:
-        """One optimiser step on ``loss``, whose finiteness is tracked as ``name``."""
-        self._track_finite(name, loss)
+    def _descend(self, optimizer: Any, loss: Tensor, network: str) -> None:
+        """One optimiser step of ``network`` ("d" or "g") on ``loss``; logs the gradient norm."""
+        self._track_finite(f"train/{network}_loss", loss)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # A tensor, not a float: Lightning reads it only every log_every_n_steps batches.
+        self.log(f"train/{network}_grad_norm", torch.nn.utils.get_total_norm(grads))
         optimizer.step()
 
     # --- distributed training, randomness and failures -----------------------------------------

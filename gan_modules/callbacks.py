@@ -1,36 +1,54 @@
-"""Callbacks that look at the generator: the fixed-noise sample grid, and FID (in fid.py)."""
+"""Callbacks that watch a run: image grids, training speed and the final hyperparameters, and FID
+(in fid.py). Each logs to TensorBoard from rank 0 at epoch boundaries, never per step."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
 from torchvision.utils import make_grid
 
 from gan_modules.fid import FIDCallback
 
-__all__ = ["FIDCallback", "SampleGridCallback"]
+__all__ = ["FIDCallback", "RunMonitor", "SampleGridCallback"]
+
+
+def _tensorboard(trainer: Trainer) -> Any | None:
+    """The logger's SummaryWriter on rank 0, or ``None`` (other ranks, other loggers)."""
+    experiment = getattr(trainer.logger, "experiment", None) if trainer.is_global_zero else None
+    return experiment if hasattr(experiment, "add_image") else None
+
+
+def _grid(images: Tensor, nrow: int) -> Tensor:
+    return make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
 
 
 class SampleGridCallback(Callback):
-    """Logs a grid of samples from the same fixed noise at the end of every ``every_n_epochs``-th
-    training epoch, so the images of successive epochs are directly comparable.
+    """Image grids in TensorBoard, with the critic step as their step:
 
-    The noise is drawn once from ``seed`` and saved in checkpoints, so a resumed run keeps it. The
-    grid goes to the logger as the image ``samples/fixed_noise`` (TensorBoard), with the critic step
-    as its step; other loggers are skipped.
+    - ``samples/fixed_noise``: samples from the same fixed noise at the end of every
+      ``every_n_epochs``-th training epoch, so successive epochs compare directly;
+    - ``samples/interpolation``: ``nrow`` rows, each walking linearly in latent space between two
+      fixed latent vectors in ``nrow`` steps, at the same epochs;
+    - ``data/real``: real validation images (training images without validation data), once, when
+      training starts.
+
+    The noise is drawn once from ``seed`` and saved in checkpoints, so a resumed run keeps it.
 
     Args:
-        num_samples: images in the grid.
-        nrow: images per grid row.
-        every_n_epochs: log every this many epochs.
-        seed: seed of the fixed noise.
+        num_samples: images in the fixed-noise and real grids.
+        nrow: images per grid row, and rows and steps of the interpolation grid.
+        every_n_epochs: log the sample grids every this many epochs.
+        seed: seed of the fixed noise and of the interpolation's end points.
     """
 
     def __init__(self, num_samples: int = 64, nrow: int = 8, every_n_epochs: int = 1, seed: int = 0) -> None:
-        if num_samples < 1 or nrow < 1 or every_n_epochs < 1:
-            raise ValueError("num_samples, nrow and every_n_epochs of SampleGridCallback must be >= 1.")
+        if num_samples < 1 or nrow < 2 or every_n_epochs < 1:
+            raise ValueError("SampleGridCallback needs num_samples >= 1, nrow >= 2 and every_n_epochs >= 1: "
+                             "set `--sample_grid.*`.")
         self.num_samples = num_samples
         self.nrow = nrow
         self.every_n_epochs = every_n_epochs
@@ -45,18 +63,68 @@ class SampleGridCallback(Callback):
         """The fixed noise drawn from ``seed``, (num_samples, latent_dim) on the CPU."""
         return pl_module.noise(self.num_samples, torch.Generator().manual_seed(self.seed)).cpu()
 
+    def interpolation_noise(self, pl_module: LightningModule) -> Tensor:
+        """(nrow * nrow, latent_dim): row i goes from z_a[i] to z_b[i] in nrow equal steps."""
+        ends = pl_module.noise(2 * self.nrow, torch.Generator().manual_seed(self.seed + 1)).cpu()
+        start, end = ends[: self.nrow, None], ends[self.nrow :, None]  # (nrow, 1, latent_dim)
+        t = torch.linspace(0, 1, self.nrow)[None, :, None]  # (1, nrow, 1)
+        return (start + t * (end - start)).flatten(0, 1)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        experiment = _tensorboard(trainer)
+        loaders = trainer.val_dataloaders or trainer.train_dataloader
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        dataset = getattr(loader, "dataset", None)
+        if experiment is None or dataset is None or trainer.global_step > 0:  # once per run, not on resume
+            return
+        items = [dataset[i] for i in range(min(self.num_samples, len(dataset)))]  # indexing: no sampler state
+        real = torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+        experiment.add_image("data/real", _grid(real, self.nrow), global_step=0)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
+        experiment = _tensorboard(trainer)
+        if experiment is None or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        experiment = getattr(trainer.logger, "experiment", None)
-        if not hasattr(experiment, "add_image"):
-            return
-        images = pl_module.sample(self.num_samples, noise=self.noise)
-        grid = make_grid(images, nrow=self.nrow, normalize=True, value_range=(-1, 1))
-        experiment.add_image("samples/fixed_noise", grid, global_step=pl_module.critic_steps)
+        step = pl_module.critic_steps
+        experiment.add_image("samples/fixed_noise", _grid(pl_module.sample(self.num_samples, noise=self.noise),
+                                                          self.nrow), global_step=step)
+        walk = pl_module.sample(self.nrow * self.nrow, noise=self.interpolation_noise(pl_module))
+        experiment.add_image("samples/interpolation", _grid(walk, self.nrow), global_step=step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"noise": self.noise}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.noise = state_dict["noise"]
+
+
+class RunMonitor(Callback):
+    """Training speed per epoch and the run's hyperparameters with its final FID.
+
+    At the end of every training epoch: ``train/seconds_per_epoch`` (wall-clock of the epoch's
+    training batches, validation excluded) and ``train/images_per_second`` (real images the critic
+    trained on, over all devices, per second of it); read from the clock at epoch boundaries only,
+    so no step waits for the device. At the end of training: the model's hyperparameters in
+    TensorBoard's HPARAMS tab with ``hp/final_fid`` (the last ``val/fid``) when FID ran.
+    """
+
+    def __init__(self) -> None:
+        self._epoch_start: tuple[float, int] | None = None
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch_start = (time.perf_counter(), pl_module.critic_steps)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._epoch_start is None:
+            return
+        started, steps = self._epoch_start
+        seconds = time.perf_counter() - started
+        batch_size = getattr(trainer.train_dataloader, "batch_size", None) or 0
+        images = (pl_module.critic_steps - steps) * batch_size * trainer.world_size
+        pl_module.log_dict({"train/seconds_per_epoch": seconds, "train/images_per_second": images / max(seconds, 1e-9)},
+                           on_epoch=True, rank_zero_only=True)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        fid = trainer.callback_metrics.get("val/fid")
+        if trainer.logger is not None and trainer.is_global_zero and fid is not None:
+            trainer.logger.log_hyperparams(dict(pl_module.hparams), {"hp/final_fid": float(fid)})
