@@ -24,11 +24,12 @@ class _WassersteinGAN(GANModule):
         """The discriminator under its Wasserstein name."""
         return self.discriminator
 
-    def _critic_terms(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _wasserstein(self, real: Tensor, fake: Tensor) -> Tensor:
+        """The critic's Wasserstein estimate on this batch; logs its mean scores on real and fake."""
         real_scores = self.critic(real)
         fake_scores = self.critic(fake)
         self.log_dict({"train/critic_real": real_scores.mean(), "train/critic_fake": fake_scores.mean()})
-        return real_scores, fake_scores, wasserstein_estimate(real_scores, fake_scores)
+        return wasserstein_estimate(real_scores, fake_scores)
 
     def generator_loss(self, fake: Tensor) -> Tensor:
         """Generator: raise the critic's score of the fakes."""
@@ -95,7 +96,7 @@ class WGANGP(_WassersteinGAN):
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
         """Critic: maximise E[D(real)] - E[D(fake)] with the gradient penalty on interpolates."""
-        _, _, wasserstein = self._critic_terms(real, fake)
+        wasserstein = self._wasserstein(real, fake)
         penalty = gradient_penalty(self.critic, real, fake, self.train_rng)
         loss = -wasserstein + self.hparams.gp_weight * penalty
         self.log_dict({"train/d_loss": loss, "train/wasserstein": wasserstein, "train/gradient_penalty": penalty})
@@ -158,7 +159,7 @@ class WGAN(_WassersteinGAN):
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
         """Critic: maximise E[D(real)] - E[D(fake)]; the clipping keeps it Lipschitz."""
-        _, _, wasserstein = self._critic_terms(real, fake)
+        wasserstein = self._wasserstein(real, fake)
         loss = -wasserstein
         self.log_dict({"train/d_loss": loss, "train/wasserstein": wasserstein})
         return loss
