@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.pipeline import ImageDataModule, to_unit_range
+from datamodules.pipeline import ImageDataModule, check_int, to_unit_range
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -54,7 +54,7 @@ Fixed sides are clipped to the short side of smaller images.
 CROP_SIDES: dict[str, int] = {"center178": 178, "face": 108}
 
 # Bump when load_image's output changes, so caches built by older code are rebuilt.
-_PIPELINE_VERSION = 1
+_PIPELINE_VERSION = 2  # 2: 16- and 32-bit grayscale files scaled, not clipped, to 8 bits
 # What PIL raises for a corrupt, truncated or non-image file (UnidentifiedImageError is an OSError).
 _UNREADABLE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -82,14 +82,47 @@ def crop_side(crop: Crop, height: int, width: int) -> int:
     return min(CROP_SIDES.get(crop, height), height, width)
 
 
+def to_8_bit(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit grayscale image scaled to 8 bits (mode ``L``); images of other modes unchanged.
+
+    PIL's ``convert("L")`` and ``convert("RGB")`` clip such pixels to [0, 255] instead of scaling
+    them, which turns a 16-bit image into black and white. The scales taken:
+
+    - 16-bit (modes ``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, and ``I`` when every value is in
+      [0, 65535], as Pillow before 10 opens 16-bit PNGs): the high byte, ``value >> 8``. Pillow
+      itself reduces 16-bit RGB PNGs this way, so a picture gives the same 8-bit values whether it
+      was saved as 16-bit gray or 16-bit colour. (``round(value / 257)``, the exact rescale, differs
+      from it by at most 1.)
+    - 32-bit float (mode ``F``): [0, 1] when every value is in it, else [0, 255]; rounded.
+
+    Raises:
+        ValueError: for 32-bit pixels outside those ranges, or not finite: they have no known scale.
+    """
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return image
+    pixels = np.asarray(image)  # decodes fully: raises on truncated files
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((pixels >> 8).astype(np.uint8), mode="L")
+    low, high = (pixels.min(), pixels.max()) if pixels.size else (0, 0)
+    if image.mode == "I" and 0 <= low and high <= 65535:
+        return Image.fromarray((pixels >> 8).astype(np.uint8), mode="L")
+    if image.mode == "F" and np.isfinite(pixels).all() and 0 <= low and high <= 255:
+        scaled = pixels * 255 if high <= 1 else pixels
+        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    kind = "32-bit integer" if image.mode == "I" else "32-bit float"
+    raise ValueError(f"{kind} pixels from {low} to {high} have no known 8-bit scale (16-bit integers, or floats "
+                     f"in [0, 1] or [0, 255], are scaled): save the image with 8 or 16 bits per channel")
+
+
 def load_image(path: str | Path, crop: Crop, size: int, channels: int) -> Tensor:
     """Decode an image file to uint8 (channels, size, size): centre crop, then antialiased resize.
 
-    Raises PIL's errors (OSError and others) for corrupt or truncated files.
+    16- and 32-bit grayscale files are scaled to 8 bits first (:func:`to_8_bit`). Raises PIL's errors
+    (OSError and others) for corrupt or truncated files, and ValueError for pixels of no known scale.
     """
     with Image.open(path) as file:
         ImageOps.exif_transpose(file, in_place=True)  # phone photos: apply the EXIF rotation
-        image = file.convert("RGB" if channels == 3 else "L")  # decodes fully: raises on truncated files
+        image = to_8_bit(file).convert("RGB" if channels == 3 else "L")  # decodes fully: raises on truncated files
     tensor = TF.pil_to_tensor(image)  # (C, H, W) uint8
     side = crop_side(crop, tensor.shape[-2], tensor.shape[-1])
     tensor = TF.center_crop(tensor, [side, side])
@@ -341,9 +374,7 @@ class ImageFilesDataModule(ImageDataModule):
     def __init__(self, data_dir: str, batch_size: int, num_workers: int, image_size: int, crop: Crop,
                  channels: int, cache: bool, cache_dir: str | None, strict: bool) -> None:
         super().__init__(batch_size, num_workers)
-        for flag, value, least in (("num_workers", num_workers, 0), ("image_size", image_size, 1)):
-            if value < least:
-                raise ValueError(f"{flag} must be >= {least}, got {value}: set `--data.{flag}`.")
+        check_int("image_size", image_size, 1)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}: set `--data.channels`.")
         self.data_dir = data_dir
@@ -370,19 +401,16 @@ class ImageFilesDataModule(ImageDataModule):
         if self.cache:
             self._cache(self.image_list())
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def load_splits(self) -> tuple[Dataset, Dataset]:
         images = self.image_list()
         if self.cache:
             cache = self._cache(images)  # built by prepare_data; here only when that did not run
             report_unreadable(cache.unreadable, len(images.files), images.root, self.strict)
-            self.train_set = CachedImageDataset(cache.array_path, cache.readable_rows(images.train))
-            self.val_set = CachedImageDataset(cache.array_path, cache.readable_rows(images.val))
-        else:
-            settings = dict(crop=self.crop, size=self.image_size, channels=self.channels, strict=self.strict)
-            self.train_set = ImageFileDataset(images.root, [images.files[i] for i in images.train], **settings)
-            self.val_set = ImageFileDataset(images.root, [images.files[i] for i in images.val], **settings)
+            return (CachedImageDataset(cache.array_path, cache.readable_rows(images.train)),
+                    CachedImageDataset(cache.array_path, cache.readable_rows(images.val)))
+        settings = dict(crop=self.crop, size=self.image_size, channels=self.channels, strict=self.strict)
+        return (ImageFileDataset(images.root, [images.files[i] for i in images.train], **settings),
+                ImageFileDataset(images.root, [images.files[i] for i in images.val], **settings))
 
     def _cache(self, images: ImageList) -> ImageCache:
         return ensure_cache(images.root, images.files, self.cache_dir, self.cache_prefix, self.crop,

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import struct
 from pathlib import Path
 
 from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
 
-from datamodules.pipeline import ImageDataModule, UInt8ImageDataset, resize_uint8
+from datamodules.pipeline import ImageDataModule, UInt8ImageDataset, check_int, resize_uint8
 
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_SOURCE = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+# IDX magic numbers: two zero bytes, the type 0x08 (unsigned byte), the number of dimensions.
+_IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
+_SIDE = 28
 
 
 class MNISTDataModule(ImageDataModule):
@@ -17,11 +23,13 @@ class MNISTDataModule(ImageDataModule):
 
     The official 60,000 training images are the train split; the official 10,000 test images
     are the validation split (FID's real statistics come from them). Each split is decoded once
-    into a uint8 tensor (and resized once, if asked) and converted to float per batch.
+    into a uint8 tensor (and resized once, if asked) and converted to float per batch. The four
+    IDX files' headers and sizes are checked first: a truncated, padded or foreign file, or a label
+    file that does not match its image file, stops with an error naming it.
 
     Args:
         data_dir: folder holding ``MNIST/raw/`` (torchvision's layout). Files already there are used;
-            missing ones are downloaded by torchvision if ``download`` is true.
+            if any is missing, torchvision downloads them when ``download`` is true.
         batch_size: images per batch (per device under DDP).
         num_workers: dataloader worker processes; 0 loads in the main process, which is fastest for
             data already in memory.
@@ -39,8 +47,10 @@ class MNISTDataModule(ImageDataModule):
         download: bool = True,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        if image_size is not None:
+            check_int("image_size", image_size, 1)
         self.data_dir = data_dir
-        self.image_size = image_size or 28
+        self.image_size = _SIDE if image_size is None else image_size
         self.download = download
 
     @property
@@ -52,33 +62,80 @@ class MNISTDataModule(ImageDataModule):
     def raw_folder(self) -> Path:
         return Path(self.data_dir) / "MNIST" / "raw"
 
-    def prepare_data(self) -> None:
-        if self.download:
-            try:
-                MNIST(self.data_dir, train=True, download=True)
-            except Exception as error:  # torchvision raises RuntimeError or URLError, among others
-                raise self._missing_files_error(f"the download failed: {error}") from error
+    def _missing(self) -> list[str]:
+        return [name for name in _FILES if not (self.raw_folder / name).is_file()]
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
-            self.train_set = self._load(train=True)
-            self.val_set = self._load(train=False)
+    def prepare_data(self) -> None:
+        if not self.download or not self._missing():
+            return  # files that are there are used as they are, and checked by setup
+        try:
+            MNIST(self.data_dir, train=True, download=True)
+        except Exception as error:  # torchvision raises RuntimeError or URLError, among others
+            if not self._missing():  # fetched, but torchvision could not read them: name the bad file
+                self._check_files(train=True)
+                self._check_files(train=False)
+                raise
+            raise self._missing_files_error(f"the download failed: {error}") from error
+
+    def load_splits(self) -> tuple[Dataset, Dataset]:
+        return self._load(train=True), self._load(train=False)
 
     def _load(self, train: bool) -> Dataset:
-        try:
-            mnist = MNIST(self.data_dir, train=train, download=False)
-        except RuntimeError as error:
-            raise self._missing_files_error("download is off or has not run") from error
+        if self._missing():
+            raise self._missing_files_error("download is off or has not run")
+        self._check_files(train)
+        mnist = MNIST(self.data_dir, train=train, download=False)  # torchvision's reader, on checked files
         images = mnist.data.unsqueeze(1)  # (N, 1, 28, 28) uint8
-        if self.image_size != 28:
+        if self.image_size != _SIDE:
             images = resize_uint8(images, self.image_size)
         return UInt8ImageDataset(images, mnist.targets)
 
+    def _check_files(self, train: bool) -> None:
+        """Check one split's image and label files: IDX headers, sizes, and as many labels as images."""
+        prefix = "train" if train else "t10k"
+        images_path = self.raw_folder / f"{prefix}-images-idx3-ubyte"
+        labels_path = self.raw_folder / f"{prefix}-labels-idx1-ubyte"
+        num_images, rows, columns = _idx_shape(images_path, _IMAGES_MAGIC, "images")
+        if (rows, columns) != (_SIDE, _SIDE):
+            raise _corrupt_file_error(images_path, f"it holds {rows} x {columns} images, not MNIST's 28 x 28")
+        (num_labels,) = _idx_shape(labels_path, _LABELS_MAGIC, "labels")
+        if num_labels != num_images:
+            raise _corrupt_file_error(labels_path, f"it holds {num_labels} labels for the {num_images} images of "
+                                                   f"{images_path.name} beside it (the two come from different copies)")
+
     def _missing_files_error(self, why: str) -> RuntimeError:
-        missing = [name for name in _FILES if not (self.raw_folder / name).is_file()]
         return RuntimeError(
-            f"MNIST is not in {self.raw_folder}: put the files {', '.join(_FILES)} there (or their .gz "
-            f"archives from https://ossci-datasets.s3.amazonaws.com/mnist/), or point `--data.data_dir` "
-            f"at the folder that holds MNIST/raw/. Missing: {', '.join(missing) or 'none (a file is corrupt)'}. "
+            f"MNIST is not in {self.raw_folder}: put the files {', '.join(_FILES)} there (or, with "
+            f"`--data.download true`, their .gz archives from {_SOURCE}, which are extracted), or point "
+            f"`--data.data_dir` at the folder that holds MNIST/raw/. Missing: {', '.join(self._missing())}. "
             f"Why they were not fetched: {' '.join(why.split())}"
         )
+
+
+def _idx_shape(path: Path, magic: int, kind: str) -> tuple[int, ...]:
+    """The dimensions in the header of the IDX file ``path``, checked against its magic number and size."""
+    ndim = magic & 0xFF
+    header_size = 4 * (1 + ndim)
+    with path.open("rb") as file:
+        header = file.read(header_size)
+    if len(header) < header_size:
+        raise _corrupt_file_error(path, f"it is {len(header)} bytes, shorter than the {header_size}-byte IDX header "
+                                        f"of an MNIST {kind} file")
+    (found,) = struct.unpack(">I", header[:4])
+    if found != magic:
+        raise _corrupt_file_error(path, f"it starts with 0x{found:08x}, not 0x{magic:08x}, the IDX magic number of "
+                                        f"an MNIST {kind} file (not an MNIST file, or still compressed)")
+    shape = struct.unpack(f">{ndim}I", header[4:])
+    expected = header_size + math.prod(shape)  # one byte per value
+    actual = path.stat().st_size
+    if actual != expected:
+        how = "truncated" if actual < expected else "has bytes after its data"
+        raise _corrupt_file_error(path, f"it is {actual:,} bytes, but its header ({' x '.join(map(str, shape))} "
+                                        f"{kind}) needs {expected:,}: it is {how}")
+    return shape
+
+
+def _corrupt_file_error(path: Path, what: str) -> RuntimeError:
+    return RuntimeError(
+        f"the MNIST file {path} is corrupt: {what}. Replace it with the original (delete it and run again with "
+        f"`--data.download true`, or put it there from {_SOURCE}, gunzipped).")

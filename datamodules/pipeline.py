@@ -4,12 +4,14 @@ resumable shuffle of the training set."""
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -26,6 +28,15 @@ def resize_uint8(images: Tensor, size: int) -> Tensor:
         for chunk in images.split(4096)  # bounded float memory
     ])
     return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def check_int(flag: str, value: Any, least: int) -> None:
+    """Raise a ValueError naming ``--data.<flag>`` unless ``value`` is an int >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{flag} must be an integer >= {least}, got {value!r}: set `--data.{flag}`.")
+
+
+_NOT_RESUMABLE_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 
 
 class UInt8ImageDataset(Dataset):
@@ -76,7 +87,7 @@ class ResumableSampler(DistributedSampler):
 class ImageDataModule(LightningDataModule):
     """The loaders every datamodule of this project shares.
 
-    Subclasses set ``train_set`` and ``val_set`` in ``setup`` and define ``image_shape``. Training
+    Subclasses implement :meth:`load_splits` (run once, by ``setup``) and define ``image_shape``. Training
     batches come in a shuffle that depends only on ``(PL_GLOBAL_SEED, epoch)`` and are split across
     ranks by a :class:`ResumableSampler`; where an interrupted run stopped inside an epoch is saved
     with the checkpoint, so a resumed run trains on exactly the batches the uninterrupted run would
@@ -85,8 +96,8 @@ class ImageDataModule(LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}: set `--data.batch_size`.")
+        for flag, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            check_int(flag, value, least)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.train_set: Dataset | None = None
@@ -97,6 +108,30 @@ class ImageDataModule(LightningDataModule):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         raise NotImplementedError
+
+    def load_splits(self) -> tuple[Dataset, Dataset]:
+        """The training and validation datasets, read from disk once."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set, self.val_set = self.load_splits()
+        if stage == "fit":
+            self._check_a_batch_per_device()
+
+    def _check_a_batch_per_device(self) -> None:
+        """Refuse a training set that gives some device no whole batch: with ``drop_last`` the run would
+        train on nothing, and exit as if it had finished."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        per_device = len(ResumableSampler(self.train_set, num_replicas=world_size))  # len // world_size
+        if per_device < self.batch_size:
+            devices = f"{world_size} devices ({per_device} images each)" if world_size > 1 else "1 device"
+            fix = (f"Set `--data.batch_size` to at most {per_device}, or train on more images or fewer devices"
+                   if per_device else f"Train on at most {len(self.train_set)} devices, or on more images")
+            raise ValueError(
+                f"the training set has {len(self.train_set)} images, fewer than one batch of {self.batch_size} on "
+                f"{devices}: incomplete batches are dropped, so nothing would train. {fix} (`--trainer.devices`, "
+                f"`--trainer.num_nodes`).")
 
     def train_dataloader(self) -> DataLoader:
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
@@ -141,3 +176,6 @@ class ImageDataModule(LightningDataModule):
         self._shuffle_seed = state_dict.get("shuffle_seed", self._shuffle_seed)
         if "epoch" in state_dict:
             self._resume = {"epoch": state_dict["epoch"], "batches_seen": state_dict["batches_seen"]}
+            # Lightning warns on every mid-epoch resume that the dataloader "is not resumable" (it knows
+            # only loaders with their own state_dict); this datamodule restores the position exactly.
+            warnings.filterwarnings("ignore", message=_NOT_RESUMABLE_WARNING, category=PossibleUserWarning)

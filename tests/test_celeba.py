@@ -183,8 +183,8 @@ def test_face_crop_is_the_central_108_square(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     Image.fromarray(pixels).save(folder / "000001.png")  # lossless, then renamed: PIL reads by content
     os.rename(folder / "000001.png", folder / "000001.jpg")
-    face = next(iter(loaded(tmp_path, split="all", crop="face").val_dataloader()))[0]
-    wide = next(iter(loaded(tmp_path, split="all", crop="center178").val_dataloader()))[0]
+    face = next(iter(loaded(tmp_path, split="all", crop="face", batch_size=1).val_dataloader()))[0]
+    wide = next(iter(loaded(tmp_path, split="all", crop="center178", batch_size=1).val_dataloader()))[0]
     assert face.min() > 0.95  # all white
     assert wide[..., 0, 0].max() < -0.95 and wide.max() > 0.95  # black corners, white centre
 
@@ -281,11 +281,19 @@ def test_truncated_jpeg_is_skipped_with_one_warning_or_stops_if_strict(tmp_path:
         list(datamodule.train_dataloader())
 
 
+def test_fewer_training_images_than_one_batch(tmp_path: Path) -> None:
+    official_layout(tmp_path)  # 8 training images
+    with pytest.raises(ValueError, match=r"training set has 8 images, fewer than one batch of 9 on 1 device.*"
+                                         r"`--data.batch_size` to at most 8"):
+        loaded(tmp_path, batch_size=9)
+
+
 def test_bad_arguments_name_the_flag() -> None:
     with pytest.raises(ValueError, match="--data.crop"):
         CelebADataModule(crop="center")
-    with pytest.raises(ValueError, match="--data.image_size"):
-        CelebADataModule(image_size=0)
+    for size in (0, -64, None):
+        with pytest.raises(ValueError, match="--data.image_size"):
+            CelebADataModule(image_size=size)
     with pytest.raises(ValueError, match="--data.batch_size"):
         CelebADataModule(batch_size=0)
 

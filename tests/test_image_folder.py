@@ -84,12 +84,50 @@ def test_grayscale(folder: Path) -> None:
     assert next(iter(datamodule.train_dataloader()))[0].shape == (4, 1, 8, 8)
 
 
+def gradient(dtype: type, high: float) -> np.ndarray:
+    """A 32 x 32 ramp from 0 to ``high``: 1024 distinct values."""
+    return (np.arange(32 * 32, dtype=np.float64) * high / (32 * 32 - 1)).reshape(32, 32).astype(dtype)
+
+
+# 16-bit PNG (Pillow opens it as "I;16"; before Pillow 10, as "I"), 32-bit integer and float TIFFs.
+HIGH_DEPTH = [("png16.png", gradient(np.uint16, 65535)), ("int32.tif", gradient(np.int32, 65535)),
+              ("float01.tif", gradient(np.float32, 1.0))]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name, pixels", HIGH_DEPTH, ids=[name for name, _ in HIGH_DEPTH])
+def test_high_bit_depth_grayscale_is_scaled_not_clipped(tmp_path: Path, name: str, pixels: np.ndarray,
+                                                        channels: int, cache: bool) -> None:
+    """16-bit values become their high byte (value >> 8), floats in [0, 1] times 255: 256 levels, not the two
+    that PIL's ``convert`` leaves after clipping at 255."""
+    (tmp_path / "images").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "images" / name)
+    datamodule = loaded(tmp_path / "images", image_size=32, channels=channels, val_fraction=0.0, batch_size=1,
+                        cache=cache)
+    images = next(iter(datamodule.val_dataloader()))[0][0]  # (C, 32, 32) in [-1, 1]
+    as_uint8 = ((images + 1) * 127.5).round().to(torch.int64)
+    expected = torch.from_numpy(pixels.astype(np.float64) * (255 / pixels.max())).round().to(torch.int64)
+    assert as_uint8.shape == (channels, 32, 32) and as_uint8.unique().numel() == 256
+    assert (as_uint8 - expected).abs().max() <= 1  # 16-bit: value >> 8 is within 1 of value / 257
+
+
+def test_32_bit_pixels_of_no_known_scale_are_skipped_by_name(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    write_image(tmp_path / "images" / "fine.png", 0)
+    Image.fromarray(gradient(np.int32, 2**24)).save(tmp_path / "images" / "counts.tif")
+    with pytest.warns(UserWarning, match=r"counts.tif \(ValueError: 32-bit integer pixels from 0 to 16777216 have no "
+                                         r"known 8-bit scale"):
+        datamodule = loaded(tmp_path / "images", val_fraction=0.0, batch_size=1)
+    assert len(datamodule.train_set) == 1
+
+
 def test_center_crop_takes_the_middle_square(tmp_path: Path) -> None:
     pixels = np.zeros((20, 60, 3), dtype=np.uint8)  # a white 20 x 20 square between black sides
     pixels[:, 20:40] = 255
     (tmp_path / "images").mkdir()
     Image.fromarray(pixels).save(tmp_path / "images" / "wide.png")
-    images = next(iter(loaded(tmp_path / "images", val_fraction=0.0, crop="center").val_dataloader()))[0]
+    images = next(iter(loaded(tmp_path / "images", val_fraction=0.0, crop="center", batch_size=1).val_dataloader()))[0]
     assert images.min() == 1.0
 
 
@@ -167,7 +205,7 @@ def test_a_folder_of_only_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="1 of 1 images .* cannot be read"):
         loaded(tmp_path / "images", val_fraction=0.0)
     with pytest.warns(UserWarning, match="a.jpg"), pytest.raises(RuntimeError, match="all 1 images of a batch"):
-        next(iter(loaded(tmp_path / "images", val_fraction=0.0, cache=False).val_dataloader()))
+        next(iter(loaded(tmp_path / "images", val_fraction=0.0, cache=False, batch_size=1).val_dataloader()))
 
 
 def test_cache_dir_that_cannot_be_written(folder: Path, tmp_path: Path) -> None:
@@ -188,9 +226,18 @@ def test_missing_empty_and_too_small_folders(tmp_path: Path) -> None:
         loaded(tmp_path / "one")
 
 
+def test_fewer_training_images_than_one_batch(folder: Path) -> None:
+    with pytest.raises(ValueError, match=r"training set has 16 images, fewer than one batch of 17 on 1 device.*"
+                                         r"`--data.batch_size` to at most 16"):
+        loaded(folder, val_fraction=0.2, batch_size=17)  # 20 images, 4 held out
+    assert len(loaded(folder, val_fraction=0.2, batch_size=16).train_dataloader()) == 1
+
+
 def test_bad_arguments_name_the_flag() -> None:
     for kwargs, flag in (({"channels": 2}, "channels"), ({"val_fraction": 1.0}, "val_fraction"),
-                         ({"crop": "middle"}, "crop"), ({"num_workers": -1}, "num_workers")):
+                         ({"crop": "middle"}, "crop"), ({"num_workers": -1}, "num_workers"),
+                         ({"image_size": 0}, "image_size"), ({"image_size": None}, "image_size"),
+                         ({"batch_size": 0}, "batch_size")):
         with pytest.raises(ValueError, match=f"--data.{flag}"):
             ImageFolderDataModule(**kwargs)
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
+import re
+import struct
+from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Trainer
 from torchvision.datasets import MNIST
 
 from datamodules import MNISTDataModule
 from datamodules.pipeline import to_unit_range
+from gan_modules import DCGAN
+from conftest import write_idx, write_mnist
 
 
 def test_loads_idx_files_as_uint8_in_memory_and_yields_unit_range(mnist_dir) -> None:
@@ -62,6 +70,109 @@ def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch) -> None:
     assert "Missing: train-images-idx3-ubyte, train-labels-idx1-ubyte" in message
 
 
-def test_bad_batch_size_is_refused() -> None:
-    with pytest.raises(ValueError, match="batch_size must be >= 1.*--data.batch_size"):
-        MNISTDataModule(batch_size=0)
+def test_bad_arguments_name_the_flag() -> None:
+    for kwargs, flag in (({"batch_size": 0}, "batch_size"), ({"num_workers": -1}, "num_workers"),
+                         ({"image_size": 0}, "image_size"), ({"image_size": -32}, "image_size")):
+        with pytest.raises(ValueError, match=f"{flag} must be an integer >= .*got -?\\d+: set `--data.{flag}`"):
+            MNISTDataModule(**kwargs)
+    assert MNISTDataModule(image_size=None).image_shape == (1, 28, 28)  # None: the native size
+
+
+# --- fewer images than one batch -----------------------------------------------------------------
+
+def test_fewer_images_than_one_batch_stop_in_setup(tmp_path) -> None:
+    data = MNISTDataModule(data_dir=str(write_mnist(tmp_path, n_train=6)), batch_size=8)
+    with pytest.raises(ValueError, match=r"training set has 6 images, fewer than one batch of 8 on 1 device: .*"
+                                         r"`--data.batch_size` to at most 6"):
+        data.setup("fit")
+    data.setup("validate")  # validation keeps its last, incomplete batch: nothing to refuse
+
+
+def test_fewer_images_than_one_batch_per_device_stop_before_training(tmp_path) -> None:
+    """12 images are a batch of 8 on one device, but 6 per device on two (DistributedSampler's share)."""
+    data_dir = write_mnist(tmp_path, n_train=12)
+    single = MNISTDataModule(data_dir=str(data_dir), batch_size=8)
+    single.trainer = Trainer(accelerator="cpu", devices=1, logger=False)
+    single.setup("fit")
+    double = MNISTDataModule(data_dir=str(data_dir), batch_size=8)
+    double.trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)  # nothing starts yet
+    with pytest.raises(ValueError, match=r"12 images, fewer than one batch of 8 on 2 devices \(6 images each\).*"
+                                         r"at most 6.*fewer devices"):
+        double.setup("fit")
+    lone = MNISTDataModule(data_dir=str(write_mnist(tmp_path / "one", n_train=1)), batch_size=1)
+    lone.trainer = double.trainer
+    with pytest.raises(ValueError, match=r"1 images, .* on 2 devices \(0 images each\).*Train on at most 1 devices"):
+        lone.setup("fit")
+
+
+def test_fit_on_too_few_images_fails_instead_of_training_nothing(tmp_path) -> None:
+    model = DCGAN(image_shape=(1, 28, 28), generator_width=4, critic_width=4)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="training set has 6 images"):
+        trainer.fit(model, MNISTDataModule(data_dir=str(write_mnist(tmp_path, n_train=6)), batch_size=8))
+    assert model.critic_steps == 0
+
+
+# --- corrupt files -------------------------------------------------------------------------------
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _short_labels(path: Path) -> None:
+    write_idx(path, np.zeros(63, dtype=np.uint8))  # a valid IDX file, one label short of the 64 images
+
+
+def _images_as_labels(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(struct.pack(">I", 0x00000801) + data[4:])  # a labels file's magic number
+
+
+def _gzipped(path: Path) -> None:
+    path.write_bytes(gzip.compress(path.read_bytes()))  # the archive saved under the raw file's name
+
+
+def _wrong_side(path: Path) -> None:
+    write_idx(path, np.zeros((64, 32, 32), dtype=np.uint8))
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+CORRUPTIONS = [
+    ("train-images-idx3-ubyte", _truncate, r"is 50,092 bytes, but its header \(64 x 28 x 28 images\) needs "
+                                           r"50,192: it is truncated"),
+    ("train-labels-idx1-ubyte", _short_labels, "holds 63 labels for the 64 images of train-images-idx3-ubyte"),
+    ("train-images-idx3-ubyte", _images_as_labels, "starts with 0x00000801, not 0x00000803"),
+    ("t10k-images-idx3-ubyte", _gzipped, "starts with 0x1f8b08.*still compressed"),
+    ("t10k-images-idx3-ubyte", _wrong_side, "holds 32 x 32 images, not MNIST's 28 x 28"),
+    ("t10k-labels-idx1-ubyte", _empty, "is 0 bytes, shorter than the 8-byte IDX header"),
+]
+
+
+@pytest.mark.parametrize("download", [False, True])
+@pytest.mark.parametrize("name, corrupt, what", CORRUPTIONS, ids=[c[1].__name__.strip("_") for c in CORRUPTIONS])
+def test_a_corrupt_file_is_named_with_what_is_wrong(mnist_dir, name, corrupt, what, download) -> None:
+    path = mnist_dir / "MNIST" / "raw" / name
+    corrupt(path)
+    data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=8, download=download)
+    with pytest.raises(RuntimeError) as error:
+        data.prepare_data()  # the files are there: nothing to download
+        data.setup("fit")
+    message = str(error.value)
+    assert message.startswith(f"the MNIST file {path} is corrupt: ")
+    assert re.search(what, message), message
+    assert "download failed" not in message and "`--data.download true`" in message
+
+
+def test_a_download_that_gives_a_corrupt_file_names_it(tmp_path, monkeypatch) -> None:
+    def download_truncated(self) -> None:  # torchvision's download, leaving a cut-short image file
+        write_mnist(tmp_path)
+        _truncate(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte")
+
+    monkeypatch.setattr(MNIST, "download", download_truncated)
+    with pytest.raises(RuntimeError, match=r"MNIST file .*train-images-idx3-ubyte is corrupt: .* truncated") as error:
+        MNISTDataModule(data_dir=str(tmp_path)).prepare_data()  # torchvision's reader fails on it
+    assert "download failed" not in str(error.value)
