@@ -3,42 +3,150 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import inspect
+import io
+import os
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from torchvision.utils import save_image
 
 from gan_modules.base import GANModule
+from gan_modules.checkpoint_io import read_checkpoint
+
+OUTPUT_SUFFIXES = (".pt", ".pth")
 
 
 def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") -> GANModule:
-    """Load a DCGAN, WGANGP or WGAN checkpoint; the class is read from the checkpoint itself."""
+    """Load a DCGAN, WGANGP or WGAN checkpoint, reading the file once with ``weights_only=True``.
+
+    The class is the one of ``gan_modules.__all__`` named in the checkpoint's ``gan_state``; nothing
+    the checkpoint names is imported, and hyperparameters that are not arguments of that class
+    (LightningCLI's ``_class_path``, ``_instantiator``) are dropped.
+
+    Raises:
+        FileNotFoundError: no file at ``ckpt_path``.
+        ValueError: the file is unreadable, of another model, or holds a non-finite weight.
+    """
     import gan_modules
 
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}: pass `--ckpt_path` a .ckpt file written by `train.py fit`.")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    name = checkpoint.get("gan_state", {}).get("model")
-    if name not in gan_modules.__all__:
-        raise ValueError(f"{path} was not written by this project's GAN modules (found model {name!r}).")
-    return getattr(gan_modules, name).load_from_checkpoint(path, map_location=map_location)
+    checkpoint = read_checkpoint(path, map_location=map_location)
+    gan_state = checkpoint.get("gan_state")
+    name = gan_state.get("model") if isinstance(gan_state, dict) else None
+    state_dict = checkpoint.get("state_dict")
+    if name not in gan_modules.__all__ or not isinstance(state_dict, dict):
+        raise ValueError(f"{path} was not written by this project's GAN modules (found model {name!r}): "
+                         f"pass `--ckpt_path` a checkpoint written by `train.py fit`.")
+    bad_key = _first_nonfinite(state_dict)
+    if bad_key is not None:
+        raise ValueError(f"{path} holds non-finite values in `{bad_key}` (training had diverged when it was "
+                         f"saved): pass `--ckpt_path` an earlier checkpoint, e.g. an epoch=...ckpt in {path.parent}.")
+    cls = getattr(gan_modules, name)
+    hyperparameters = checkpoint.get("hyper_parameters")
+    hyperparameters = hyperparameters if isinstance(hyperparameters, dict) else {}
+    arguments = _init_argument_names(cls)
+    try:
+        model = cls(**{key: value for key, value in hyperparameters.items() if key in arguments})
+        model.on_load_checkpoint(checkpoint)  # restores the step counters and the training RNG
+        model.load_state_dict(state_dict)
+    except (TypeError, ValueError, RuntimeError) as error:
+        reason = " ".join(str(error).split())  # load_state_dict's report spans several lines
+        raise ValueError(f"{path} does not load into {name}: {reason}") from error
+    return model.to(map_location)
+
+
+def _init_argument_names(cls: type) -> set[str]:
+    """Named ``__init__`` arguments of ``cls`` and its GANModule bases (a subclass may take the
+    shared ones as ``**kwargs``)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if issubclass(klass, GANModule):
+            for parameter in inspect.signature(klass.__init__).parameters.values():
+                if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                    names.add(parameter.name)
+    return names - {"self"}
+
+
+def _first_nonfinite(state_dict: dict[str, Any]) -> str | None:
+    """The first key of a floating tensor holding a NaN or an infinity (the EMA generator's too)."""
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return key
+    return None
+
+
+def output_problem(output: str | Path) -> str | None:
+    """Why the tensor file ``output`` or its PNG grid cannot be written, checked before any work;
+    ``None`` when both can be."""
+    output = Path(output)
+    grid = output.with_suffix(".png")
+    if output.suffix not in OUTPUT_SUFFIXES:
+        # A .png output would be overwritten by its own grid, which goes beside it as <stem>.png.
+        return (f"--output {output} must end in .pt (a tensor file; the PNG grid goes beside it): "
+                f"pass e.g. `--output {output.with_suffix('.pt')}`.")
+    for target in (output, grid):
+        if target.is_dir():
+            return (f"--output: {target} is a folder, not a file: pass a file path such as "
+                    f"`--output {output / 'samples.pt'}`.")
+    existing = output.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return (f"--output {output} lies under {existing}, which is a file, not a folder: "
+                f"pass `--output` a path in a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--output {output}: {existing} is not writable: pass `--output` a path in a folder you can write."
+    return None
 
 
 def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: int = 0, nrow: int = 8) -> Path:
     """Write ``num_samples`` images as a uint8 (N, C, H, W) tensor file and a PNG grid beside it.
 
+    Both files are written to temporary files in the output's folder and renamed over the targets
+    only when both are complete, so a failed write (a full disk) leaves neither a partial file nor
+    a temporary one.
+
     Returns:
         The path of the PNG grid.
+
+    Raises:
+        OSError: a file could not be written; the message names it.
     """
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    grid_path = output.with_suffix(".png")
     noise = model.noise(num_samples, torch.Generator().manual_seed(seed))
     images = model.sample(num_samples, noise=noise).cpu()  # (N, C, H, W) in [-1, 1]
     as_uint8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    torch.save(as_uint8, output)
-    grid_path = output.with_suffix(".png")
-    save_image(as_uint8.float() / 255, grid_path, nrow=nrow)
+    tensor_bytes, grid_bytes = io.BytesIO(), io.BytesIO()
+    torch.save(as_uint8, tensor_bytes)
+    save_image(as_uint8.float() / 255, grid_bytes, nrow=nrow, format="png")
+
+    temporaries: list[Path] = []
+    target = output.parent
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for target, data in ((output, tensor_bytes), (grid_path, grid_bytes)):
+            temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            temporaries.append(temporary)
+            with open(temporary, "wb") as file:
+                file.write(data.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())
+        for temporary, target in zip(temporaries, (output, grid_path)):
+            os.replace(temporary, target)
+    except OSError as error:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free some space there or pass `--output` a path on another disk"
+        else:
+            fix = "pass `--output` a path in a folder you can write"
+        raise OSError(error.errno, f"Cannot write {target}: {error.strerror or error}: {fix}.") from error
     return grid_path
 
 
@@ -49,17 +157,36 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `train.py fit`")
     parser.add_argument("--num_samples", type=int, default=64, help="how many images (default 64)")
     parser.add_argument("--output", default="samples.pt",
-                        help="uint8 N x C x H x W tensor file; the PNG grid goes beside it (default samples.pt)")
+                        help="uint8 N x C x H x W tensor file (.pt); the PNG grid goes beside it "
+                             "(default samples.pt)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent noise (default 0)")
     parser.add_argument("--nrow", type=int, default=8, help="images per row of the grid (default 8)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device to run the generator on")
     args = parser.parse_args(argv)
+
+    def fail(message: str) -> NoReturn:
+        # parser.error's format and exit status 2, without the usage block: one line on stderr.
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    # Every argument is checked before the checkpoint is read or anything is written.
     if args.num_samples < 1:
-        parser.error("--num_samples must be at least 1")
+        fail(f"--num_samples must be at least 1, got {args.num_samples}.")
+    if args.nrow < 1:
+        fail(f"--nrow must be at least 1, got {args.nrow}.")
+    problem = output_problem(args.output)
+    if problem is not None:
+        fail(problem)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        fail(f"--device {args.device!r} is not a device: pass `--device cpu` or `--device cuda`.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {args.device} asks for CUDA, which this machine does not have: pass `--device cpu`.")
+
     try:
         model = load_generator_checkpoint(args.ckpt_path, map_location=args.device)
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
-    grid = write_samples(model, args.num_samples, args.output, args.seed, args.nrow)
+        grid = write_samples(model, args.num_samples, args.output, args.seed, args.nrow)
+    except (OSError, ValueError) as error:
+        fail(error.strerror if isinstance(error, OSError) and error.strerror else str(error))
     print(f"wrote {args.num_samples} samples to {args.output} and the grid to {grid}")

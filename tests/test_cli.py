@@ -107,13 +107,6 @@ def test_fit_from_the_cli_then_sample(preset: str, tags: set[str], mnist_dir: Pa
     assert output.with_suffix(".png").stat().st_size > 0
 
 
-def test_sample_with_a_missing_checkpoint_names_the_flag(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "sample", "--ckpt_path", "nope.ckpt"],
-                            cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "No checkpoint at nope.ckpt: pass `--ckpt_path`" in result.stderr
-
-
 def test_unsupported_image_size_from_the_cli(mnist_dir: Path) -> None:
     with pytest.raises(ValueError, match="Unsupported image size 30"):
         cli(["--config", str(ROOT / "configs" / "dcgan_mnist.yaml"), "--data.data_dir", str(mnist_dir),
