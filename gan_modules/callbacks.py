@@ -104,8 +104,10 @@ class RunMonitor(Callback):
     At the end of every training epoch: ``train/seconds_per_epoch`` (wall-clock of the epoch's
     training batches, validation excluded) and ``train/images_per_second`` (real images the critic
     trained on, over all devices, per second of it); read from the clock at epoch boundaries only,
-    so no step waits for the device. At the end of training: the model's hyperparameters in
-    TensorBoard's HPARAMS tab with ``hp/final_fid`` (the last ``val/fid``) when FID ran.
+    so no step waits for the device. At the end of the fit: the model's hyperparameters in
+    TensorBoard's HPARAMS tab with ``hp/final_fid`` (the last ``val/fid``) when FID ran. That is read
+    in ``on_fit_end``, after every callback's ``on_train_end``, so it includes the FID that
+    FIDCallback computes there, wherever either callback sits in the list.
     """
 
     def __init__(self) -> None:
@@ -124,7 +126,7 @@ class RunMonitor(Callback):
         pl_module.log_dict({"train/seconds_per_epoch": seconds, "train/images_per_second": images / max(seconds, 1e-9)},
                            on_epoch=True, rank_zero_only=True)
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         fid = trainer.callback_metrics.get("val/fid")
         if trainer.logger is not None and trainer.is_global_zero and fid is not None:
             trainer.logger.log_hyperparams(dict(pl_module.hparams), {"hp/final_fid": float(fid)})

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -80,7 +81,18 @@ def _check_weights_file(path: str) -> None:
 
 
 class FIDCallback(Callback):
-    """Logs ``val/fid`` after every ``every_n_epochs``-th validation, on CPU, one GPU or under DDP.
+    """Logs ``val/fid`` after every ``every_n_epochs``-th validation and at the end of every fit, on
+    CPU, one GPU or under DDP.
+
+    When FID is computed: at the validation of every ``every_n_epochs``-th epoch, and once for the
+    state training ends in, whatever ends it: the last of ``max_epochs`` (also when it is not a
+    multiple of ``every_n_epochs``), ``max_steps``, ``max_time``, the model's ``max_generator_steps``
+    or any other ``trainer.should_stop``. A validation that runs at that final state computes it
+    there and logs it like any other; where none does (a stop inside an epoch without a validation,
+    ``check_val_every_n_epoch``, ``limit_val_batches=0``), ``on_train_end`` computes it, sets
+    ``trainer.callback_metrics["val/fid"]`` and writes ``val/fid`` to the loggers at the step of the
+    last training batch. A state already scored is never scored again, and every rank takes the same
+    decision (rank 0's), as the computation is collective. ``trainer.validate`` always computes it.
 
     Real statistics: the whole dataset of the first validation dataloader, read by this callback
     itself, rank ``r`` of ``W`` taking items ``r, r+W, ...``. Lightning's own validation batches are
@@ -93,9 +105,10 @@ class FIDCallback(Callback):
     Generated samples: ``num_samples`` images from latent vectors drawn in chunks of ``batch_size``
     from one CPU generator seeded with ``seed``, the same on every rank and every evaluation; rank
     ``r`` of ``W`` runs the generator on chunks ``r, r+W, ...``. The set of samples is therefore
-    fixed and independent of the number of devices. Before sampling, the generator's buffers
-    (batch-norm running statistics, which each rank updates from its own batches) are broadcast
-    from rank 0, so every rank samples from the generator that rank 0 checkpoints.
+    fixed and independent of the number of devices. Before sampling, the buffers of the network the
+    module samples from (its ``sampling_generator``: the moving average with ``ema_decay``, else the
+    generator), batch-norm running statistics that each rank updates from its own batches, are
+    broadcast from rank 0, so every rank samples from the generator that rank 0 checkpoints.
 
     Images go from [-1, 1] to uint8 like a saved PNG, grayscale is repeated to 3 channels.
 
@@ -115,8 +128,8 @@ class FIDCallback(Callback):
             downloads them to torch.hub's cache.
         num_samples: generated images per evaluation; 10,000 or more for a stable score (papers
             report 50,000). Fewer than the feature dimension gives a warning.
-        every_n_epochs: compute FID at the validation of every this many training epochs
-            (``trainer.validate`` always computes it).
+        every_n_epochs: compute FID at the validation of every this many training epochs, and
+            always for the state training ends in (``trainer.validate`` always computes it).
         batch_size: generated images per generator forward and per chunk of latent vectors.
         seed: seed of the latent vectors.
         cache_dir: folder of the cached real statistics; ``None`` turns the disk cache off.
@@ -148,6 +161,7 @@ class FIDCallback(Callback):
         self.real_images_processed = 0  # real images this process fed the metric (a cache hit adds none)
         self._extractor_id: str | None = None
         self._real_key: str | None = None  # key of the real statistics the metric holds now
+        self._scored_step: int | None = None  # trainer.global_step of this fit's last FID
         _warn_if_few("num_samples", num_samples, self.num_features)
 
     # --- Lightning hooks -----------------------------------------------------------------------
@@ -165,15 +179,38 @@ class FIDCallback(Callback):
             self.metric = build_fid_metric(self.feature, self.weights_path)
             self._extractor_id = _module_fingerprint(self.metric.inception, self.feature)
         self.metric.to(trainer.strategy.root_device)
+        if stage == TrainerFn.FITTING:
+            self._scored_step = None
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self.metric is None:
             return
-        if trainer.state.fn == TrainerFn.FITTING and (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
+        if trainer.state.fn == TrainerFn.FITTING:
+            due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or _training_ends_here(trainer)
+            if not _agreed(trainer, due):
+                return
+            self._scored_step = trainer.global_step
         fid = self.compute(trainer, pl_module)
         # Every rank holds the same value; sync_dist only averages identical numbers.
         pl_module.log("val/fid", fid, on_epoch=True, sync_dist=True)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The run ended in a state no validation scored: score it here (self.log is closed by now).
+        if self.metric is None or not _agreed(trainer, self._scored_step != trainer.global_step):
+            return
+        if _val_loaders(trainer) is None:  # the same on every rank: no rank computes
+            rank_zero_warn("FID was not computed at the end of training: there is no validation data to take the real "
+                           "images from. Give the datamodule (or model) a `val_dataloader`.", category=UserWarning)
+            return
+        fid = self.compute(trainer, pl_module)
+        self._scored_step = trainer.global_step
+        trainer.callback_metrics["val/fid"] = fid  # where RunMonitor's hp/final_fid reads it
+        if trainer.is_global_zero:
+            # Lightning logs a batch's metrics, and the epoch's, at the step of the batch that ended it:
+            # its count of batches, which for these modules is the critic step.
+            step = max(pl_module.critic_steps - 1, 0)
+            for logger in trainer.loggers:
+                logger.log_metrics({"val/fid": float(fid)}, step=step)
 
     # --- FID -----------------------------------------------------------------------------------
 
@@ -325,8 +362,36 @@ def _warn_if_few(what: str, count: int, num_features: int) -> None:
         )
 
 
+def _training_ends_here(trainer: Trainer) -> bool:
+    """Whether the fit loop stops after the current batch, so a validation now scores the final state."""
+    if trainer.should_stop:  # max_generator_steps, max_time (Timer broadcasts it), early stopping
+        return True
+    if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        return True
+    max_epochs = trainer.max_epochs
+    last_epoch = max_epochs is not None and max_epochs != -1 and trainer.current_epoch + 1 >= max_epochs
+    # A validation inside the last epoch (val_check_interval) is not at its end.
+    return last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
+def _agreed(trainer: Trainer, decision: bool) -> bool:
+    """Rank 0's ``decision`` on every rank: FID is collective, so all ranks compute or none does."""
+    return bool(trainer.strategy.broadcast(decision, src=0))
+
+
+def _val_loaders(trainer: Trainer) -> Any | None:
+    """The run's validation dataloaders; where validation has not run in this fit (``limit_val_batches=0``,
+    ``check_val_every_n_epoch``, a stop before the first), the ones the datamodule or the model gives."""
+    if trainer.val_dataloaders is not None:
+        return trainer.val_dataloaders
+    for source in (trainer.datamodule, trainer.lightning_module):
+        if source is not None and is_overridden("val_dataloader", source):
+            return source.val_dataloader()
+    return None
+
+
 def _first_val_loader(trainer: Trainer) -> DataLoader:
-    loaders = trainer.val_dataloaders
+    loaders = _val_loaders(trainer)
     if isinstance(loaders, dict):
         loaders = list(loaders.values())
     loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
@@ -357,12 +422,20 @@ def _first_images(loader: DataLoader, count: int = 8) -> Tensor:
 
 
 def _sync_generator_buffers(pl_module: Any, trainer: Trainer) -> None:
-    # Batch-norm running statistics are updated per rank by the last training step and only
-    # re-broadcast by DDP at its next forward: sample from rank 0's generator (the one checkpointed).
-    generator = getattr(pl_module, "generator", None)
+    # Batch-norm running statistics are updated per rank by the last training step (the moving
+    # average's too, from each rank's own statistics) and only re-broadcast by DDP at its next
+    # forward: sample from rank 0's network (the one checkpointed).
+    generator = _sampling_generator(pl_module)
     if generator is not None and trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
         for buffer in generator.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def _sampling_generator(pl_module: Any) -> nn.Module | None:
+    """The network ``pl_module.sample`` runs (GANModule.sampling_generator: the moving average with
+    ``ema_decay``), else its ``generator``."""
+    generator = getattr(pl_module, "sampling_generator", None)
+    return generator if generator is not None else getattr(pl_module, "generator", None)
 
 
 def _module_fingerprint(module: nn.Module, feature: int | nn.Module) -> str:

@@ -18,13 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import write_mnist
 from datamodules.mnist import MNISTDataModule
 from gan_modules import DCGAN
+from gan_modules.callbacks import RunMonitor
 from gan_modules.fid import FIDCallback, build_fid_metric
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,9 +55,9 @@ def quiet_trainer(**kwargs) -> Trainer:
     return Trainer(**{**defaults, **kwargs})
 
 
-def tiny_dcgan() -> DCGAN:
+def tiny_dcgan(**kwargs: object) -> DCGAN:
     seed_everything(0)
-    return DCGAN(latent_dim=8, generator_width=8, critic_width=8)
+    return DCGAN(latent_dim=8, generator_width=8, critic_width=8, **kwargs)
 
 
 def mnist(data_dir: Path) -> MNISTDataModule:
@@ -117,37 +119,69 @@ def test_fid_of_the_real_images_themselves_is_zero_and_of_noise_is_large(tmp_pat
 # --- DDP -----------------------------------------------------------------------------------------
 
 
+class SkewRankOneEMA(Callback):
+    """Gives rank 1 other moving-average batch-norm statistics than rank 0, as training leaves them."""
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_rank == 1:
+            for buffer in pl_module.generator_ema.module.buffers():
+                if buffer.is_floating_point():
+                    buffer.mul_(3).add_(0.5)
+
+
+def ema_buffers(model: DCGAN) -> list[list[float]]:
+    return [buffer.flatten().tolist() for buffer in model.generator_ema.module.buffers()]
+
+
 def run_ddp_scenario(out_dir: Path, data_dir: Path) -> None:
-    """Two CPU processes: validate (computes and caches), validate again (reads), fit one epoch."""
+    """Two CPU processes: validate (computes and caches), validate again (reads), fit two epochs,
+    validate an EMA model whose rank 1 statistics differ, and fit one epoch with no validation in it."""
     strategy = "ddp_find_unused_parameters_true"  # Lightning wraps generator and critic in one DDP
     record: dict[str, object] = {}
-    for run in ("fresh", "cached", "fit"):
-        model, extractor = tiny_dcgan(), PooledPixels()
-        callback = FIDCallback(feature=extractor, num_samples=50, batch_size=8, cache_dir=str(out_dir / "cache"))
-        trainer = quiet_trainer(devices=2, strategy=strategy, callbacks=[callback], max_epochs=2,
-                                limit_train_batches=2)  # fit: training goes on after an FID evaluation
-        if run == "fit":
+    for run in ("fresh", "cached", "fit", "ema", "end"):
+        model, extractor = tiny_dcgan(ema_decay=0.9 if run == "ema" else None), PooledPixels()
+        callback = FIDCallback(feature=extractor, num_samples=50, batch_size=8, cache_dir=str(out_dir / "cache"),
+                               every_n_epochs=5 if run == "end" else 1)
+        computed = []
+        compute = callback.compute
+        callback.compute = lambda trainer, module: computed.append(trainer.global_step) or compute(trainer, module)
+        trainer = quiet_trainer(devices=2, strategy=strategy, limit_train_batches=2,
+                                callbacks=[callback] + ([SkewRankOneEMA()] if run == "ema" else []),
+                                # "fit": training goes on after an FID evaluation; "end": FID only in on_train_end
+                                max_epochs=1 if run == "end" else 2, check_val_every_n_epoch=2 if run == "end" else 1)
+        if run in ("fit", "end"):
             trainer.fit(model, mnist(data_dir))
         else:
             trainer.validate(model, mnist(data_dir), verbose=False)
         record[run] = {"fid": trainer.callback_metrics["val/fid"].item(),
                        "real_images": callback.real_images_processed,
-                       "extractor_images": extractor.images_seen}
+                       "extractor_images": extractor.images_seen,
+                       "computed_at": computed, "global_step": trainer.global_step,
+                       "ema_buffers": ema_buffers(model) if run == "ema" else None}
     (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def test_ddp_equals_one_process_and_reuses_the_cache(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def ddp_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Path]:
+    """What each of the two processes of ``run_ddp_scenario`` recorded, and the data it used."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
     data_dir = write_mnist(tmp_path / "data", n_train=32, n_test=51)  # 51: the ranks get 26 and 25
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, __file__, str(tmp_path), str(data_dir)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)], data_dir
 
+
+def single_process_fid(data_dir: Path, **model_kwargs: object) -> float:
     callback = FIDCallback(feature=PooledPixels(), num_samples=50, batch_size=8, cache_dir=None)
-    single = quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)
-    expected = single[0]["val/fid"]
+    single = quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(**model_kwargs), mnist(data_dir), verbose=False)
+    return single[0]["val/fid"]
 
+
+def test_ddp_equals_one_process_and_reuses_the_cache(ddp_ranks: tuple[list[dict], Path]) -> None:
+    ranks, data_dir = ddp_ranks
+    expected = single_process_fid(data_dir)
     for rank in ranks:
         assert rank["fresh"]["fid"] == pytest.approx(expected, rel=1e-4)
         assert rank["cached"]["fid"] == pytest.approx(expected, rel=1e-4)  # no double counting
@@ -157,6 +191,20 @@ def test_ddp_equals_one_process_and_reuses_the_cache(tmp_path: Path) -> None:
     assert sorted(r["fresh"]["real_images"] for r in ranks) == [25, 26]
     # ... and the 50 samples split by chunks of 8: 7 chunks, rank 0 takes chunks 0, 2, 4, 6 (26 images), rank 1 the other 24.
     assert sorted(r["cached"]["extractor_images"] for r in ranks) == [24, 26]
+
+
+def test_ddp_fid_scores_rank_zeros_moving_average(ddp_ranks: tuple[list[dict], Path]) -> None:
+    ranks, data_dir = ddp_ranks
+    expected = single_process_fid(data_dir, ema_decay=0.9)  # rank 0's (unskewed) average
+    assert [rank["ema"]["fid"] for rank in ranks] == pytest.approx([expected, expected], rel=1e-4)
+    assert ranks[1]["ema"]["ema_buffers"] == ranks[0]["ema"]["ema_buffers"]  # broadcast from rank 0
+
+
+def test_ddp_fid_at_the_end_of_a_fit_without_validation(ddp_ranks: tuple[list[dict], Path]) -> None:
+    ranks, _ = ddp_ranks
+    for rank in ranks:  # both ranks computed, together, once, for the final state
+        assert rank["end"]["computed_at"] == [rank["end"]["global_step"]] and rank["end"]["global_step"] > 0
+    assert ranks[0]["end"]["fid"] == ranks[1]["end"]["fid"] > 0
 
 
 # --- the real-statistics cache -------------------------------------------------------------------
@@ -202,6 +250,83 @@ def test_the_metric_stays_out_of_checkpoints(tmp_path: Path) -> None:
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert not any("features" in key or "inception" in key for key in checkpoint["state_dict"])
     assert all(state == {} for state in checkpoint["callbacks"].values())
+
+
+# --- FID at the end of every fit ----------------------------------------------------------------
+
+
+class RecordingLogger(Logger):
+    """Keeps what Lightning and the callbacks log: metrics per step and the hyperparameters' metrics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.hparam_metrics: list[dict[str, float]] = []
+
+    name, version = "recording", 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params: object, metrics: dict[str, float] | None = None) -> None:
+        if metrics is not None:
+            self.hparam_metrics.append(metrics)
+
+
+def counted_fit(callback: FIDCallback, data_dir: Path, **trainer_kwargs: object) -> tuple[Trainer, list[tuple[int, float]]]:
+    """Fit a tiny DCGAN; returns the trainer and (global_step, fid) of every FID computation."""
+    computed: list[tuple[int, float]] = []
+    compute = callback.compute
+
+    def counting(trainer: Trainer, pl_module: LightningModule) -> Tensor:
+        fid = compute(trainer, pl_module)
+        computed.append((trainer.global_step, fid.item()))
+        return fid
+
+    callback.compute = counting  # the public seam every evaluation goes through
+    model = DCGAN(latent_dim=8, generator_width=8, critic_width=8, **trainer_kwargs.pop("model", {}))
+    trainer = quiet_trainer(callbacks=[RunMonitor(), callback], **trainer_kwargs)  # RunMonitor first: order-independent
+    trainer.fit(model, mnist(data_dir))
+    return trainer, computed
+
+
+@pytest.mark.parametrize("stop, at_validation", [
+    (dict(max_epochs=3, limit_train_batches=2), True),  # 3 is no multiple of every_n_epochs=2
+    (dict(max_epochs=5, model=dict(max_generator_steps=3)), True),  # should_stop in epoch 0: it validates there
+    (dict(max_steps=6), False),  # 3 of epoch 0's 4 batches (2 optimiser steps each): no validation at the stop
+    (dict(max_epochs=1, limit_val_batches=0), False),  # no validation at all
+], ids=["max_epochs", "max_generator_steps", "max_steps", "no_validation"])
+def test_fid_scores_the_state_every_fit_ends_in_exactly_once(stop: dict, at_validation: bool, tmp_path: Path) -> None:
+    data_dir = write_mnist(tmp_path / "data", n_train=64, n_test=20)  # 4 batches of 16 per epoch
+    logger = RecordingLogger()
+    callback = FIDCallback(feature=PooledPixels(), num_samples=16, batch_size=8, every_n_epochs=2, cache_dir=None)
+    trainer, computed = counted_fit(callback, data_dir, logger=logger, **stop)
+
+    periodic = [(step, fid) for step, fid in computed if step != trainer.global_step]
+    final = [fid for step, fid in computed if step == trainer.global_step]
+    assert len(final) == 1, computed  # the final state, scored once
+    assert len(periodic) == (1 if "limit_train_batches" in stop else 0)  # epoch 2 of 3
+    assert trainer.callback_metrics["val/fid"].item() == pytest.approx(final[0])
+    logged = [metrics for _, metrics in logger.metrics if "val/fid" in metrics]
+    assert logged[-1]["val/fid"] == pytest.approx(final[0]) and len(logged) == len(computed)
+    # Where a validation runs at the final state, its FID is logged with that validation's metrics.
+    assert ("val/d_loss" in logged[-1]) == at_validation
+    assert logger.hparam_metrics == [{"hp/final_fid": pytest.approx(final[0])}]
+
+
+def test_a_validation_inside_the_last_epoch_is_not_taken_for_its_end(tmp_path: Path) -> None:
+    data_dir = write_mnist(tmp_path / "data", n_train=64, n_test=20)
+    callback = FIDCallback(feature=PooledPixels(), num_samples=16, batch_size=8, every_n_epochs=3, cache_dir=None)
+    trainer, computed = counted_fit(callback, data_dir, max_epochs=2, val_check_interval=2)  # after batches 2 and 4
+    assert [step for step, _ in computed] == [trainer.global_step]
+
+
+def test_a_fit_without_validation_data_says_fid_was_not_computed(tmp_path: Path) -> None:
+    images = smooth_rgb_images(32)[:, :1].contiguous()  # (32, 1, 16, 16)
+    callback = FIDCallback(feature=PooledPixels(), num_samples=16, batch_size=8, cache_dir=None)
+    model = DCGAN(image_shape=(1, 16, 16), latent_dim=8, generator_width=8, critic_width=8)
+    with pytest.warns(UserWarning, match="FID was not computed at the end of training.*`val_dataloader`"):
+        quiet_trainer(callbacks=[callback], max_steps=2).fit(model, DataLoader(images, batch_size=16))
 
 
 # --- images, options and errors ------------------------------------------------------------------
