@@ -7,10 +7,11 @@ import os
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gan_modules.networks import Discriminator, Generator, Norm, resolution_levels
@@ -91,7 +92,10 @@ class GANModule(LightningModule):
         # whatever validation or the dataloaders take from the global RNG meanwhile.
         self._train_rng: torch.Generator | None = None
         self._train_rng_state: Tensor | None = None
-        self._first_nonfinite = {"train/d_loss": None, "train/g_loss": None}
+        self._first_nonfinite: dict[str, Tensor | None] = {
+            "train/d_loss": None, "train/d_grad_norm": None, "train/g_loss": None, "train/g_grad_norm": None}
+        # The newest checkpoint this module saved (checked finite) or was restored from: (how, critic step).
+        self._last_checkpoint: tuple[str, int] | None = None
 
     # --- the algorithm -------------------------------------------------------------------------
 
@@ -133,37 +137,23 @@ class GANModule(LightningModule):
 
     def _descend(self, optimizer: Any, loss: Tensor, network: str) -> None:
         """One optimiser step of ``network`` ("d" or "g") on ``loss``; logs the gradient norm."""
-        self._track_finite(f"train/{network}_loss", loss)
+        step = self.critic_steps + (1 if network == "d" else 0)  # the critic step of this batch
+        self._track_finite(f"train/{network}_loss", loss, step)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+        # A finite loss can still have an overflowing gradient, which would poison the weights and
+        # the optimiser's moments at this step: track it like the loss, on the device.
+        self._track_finite(f"train/{network}_grad_norm", grad_norm, step)
         # A tensor, not a float: Lightning reads it only every log_every_n_steps batches.
-        self.log(f"train/{network}_grad_norm", torch.nn.utils.get_total_norm(grads))
+        self.log(f"train/{network}_grad_norm", grad_norm)
         optimizer.step()
 
     # --- distributed training, randomness and failures -----------------------------------------
 
     def setup(self, stage: str) -> None:
-        strategy = self.trainer.strategy
-        if isinstance(strategy, DDPStrategy):
-            kwargs = strategy._ddp_kwargs
-            if not kwargs.get("find_unused_parameters", False) or kwargs.get("static_graph", False):
-                raise ValueError(
-                    "DDP must detect unused parameters to train a GAN: each of the two optimiser steps "
-                    "leaves the other network without gradients. Use `--trainer.strategy "
-                    "ddp_find_unused_parameters_true` (as configs/trainer/ddp.yaml does), or the "
-                    "strategy's `find_unused_parameters: true` without `static_graph`."
-                )
-            if strategy._layer_sync is not None and strategy.root_device.type != "cuda":
-                raise ValueError(
-                    "`--trainer.sync_batchnorm true` needs GPUs (torch's SyncBatchNorm runs on CUDA only): "
-                    "drop it on CPUs, where batch-norm statistics then stay per device."
-                )
-        elif not isinstance(strategy, SingleDeviceStrategy):
-            raise ValueError(
-                f"{type(strategy).__name__} is not supported by the GAN modules (two optimisers, manual "
-                f"optimisation): use one device or `--trainer.strategy ddp_find_unused_parameters_true`."
-            )
+        check_strategy(self.trainer.strategy)
 
     @property
     def train_rng(self) -> torch.Generator:
@@ -171,7 +161,9 @@ class GANModule(LightningModule):
         if self._train_rng is None or self._train_rng.device != self.device:
             rng = torch.Generator(device=self.device)
             if self._train_rng_state is not None:
-                rng.set_state(self._train_rng_state)
+                # A fresh, contiguous uint8 tensor of its own: checkpoints written before the fix hold
+                # views with a storage offset, which set_state cannot take.
+                rng.set_state(self._train_rng_state.detach().to("cpu", torch.uint8).clone().contiguous())
             elif self._train_rng is not None:
                 rng.set_state(self._train_rng.get_state())
             else:
@@ -179,15 +171,16 @@ class GANModule(LightningModule):
             self._train_rng, self._train_rng_state = rng, None
         return self._train_rng
 
-    def _track_finite(self, name: str, loss: Tensor) -> None:
-        # Remember the first critic step with a non-finite loss without waiting for the device.
-        step = torch.full((), self.critic_steps + 1, device=loss.device)
+    def _track_finite(self, name: str, loss: Tensor, critic_step: int) -> None:
+        # Remember the first critic step with a non-finite value without waiting for the device.
+        step = torch.full((), critic_step, device=loss.device)
         first = self._first_nonfinite[name]
         first = torch.full((), -1, device=loss.device) if first is None else first
         self._first_nonfinite[name] = torch.where((first < 0) & ~torch.isfinite(loss.detach()), step, first)
 
     def _raise_if_nonfinite(self) -> None:
-        """Raise on every rank together if any rank saw a non-finite loss since training started."""
+        """Raise on every rank together if any rank saw a non-finite loss or gradient norm since
+        training started."""
         firsts = [self._first_nonfinite[name] for name in self._first_nonfinite]
         flags = torch.stack([torch.as_tensor(f if f is not None else -1, device=self.device) for f in firsts])
         flags = self.trainer.strategy.reduce(flags.float(), reduce_op="max") if self.trainer.world_size > 1 else flags
@@ -195,10 +188,54 @@ class GANModule(LightningModule):
             if step >= 0:
                 raise FloatingPointError(
                     f"{name} became non-finite at critic step {int(step)} (epoch {self.current_epoch}): "
-                    f"training stopped and no checkpoint was written after it; the last checkpoint holds "
-                    f"the last good state. Lower `--model.lr`, or for WGAN-GP check `--model.gp_weight`, "
-                    f"and resume with `--ckpt_path last`."
+                    f"training stopped and no checkpoint was written after it. {self._last_good_checkpoint()} "
+                    f"Lower `--model.lr`, or for WGAN-GP check `--model.gp_weight`."
                 )
+
+    def _raise_if_state_nonfinite(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to save weights, buffers or optimiser states that hold NaN or infinity.
+
+        One ``isfinite`` reduction per tensor on the device and one read-back per save; under DDP
+        the verdict is reduced over the ranks (batch-norm buffers differ per rank), so every rank
+        raises together.
+        """
+        named = [(f"state_dict.{key}", value) for key, value in checkpoint.get("state_dict", {}).items()]
+        for index, optimizer_state in enumerate(checkpoint.get("optimizer_states", [])):
+            for param_id, param_state in optimizer_state.get("state", {}).items():
+                named += [(f"optimizer_states[{index}].state[{param_id}].{key}", value)
+                          for key, value in param_state.items()]
+        named = [(name, t) for name, t in named if isinstance(t, Tensor) and t.is_floating_point() and t.numel()]
+        if not named:
+            return
+        finite = torch.stack([torch.isfinite(t).all().to(self.device) for _, t in named])
+        bad = (~finite).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        bad = bad.bool().tolist()
+        if any(bad):
+            local = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+            where = local[0] if local else next(name for (name, _), b in zip(named, bad) if b)
+            raise FloatingPointError(
+                f"The state to be checkpointed at critic step {self.critic_steps} (epoch {self.current_epoch}) "
+                f"holds a non-finite value ({where}): training stopped and this checkpoint was not written. "
+                f"{self._last_good_checkpoint()} Lower `--model.lr`, or for WGAN-GP check `--model.gp_weight`."
+            )
+
+    def _last_good_checkpoint(self) -> str:
+        """Which checkpoint holds a good state, truthfully: every checkpoint saved by this module was
+        checked finite, so the newest one saved or loaded is good."""
+        if self._last_checkpoint is None:
+            return ("No checkpoint was written before it, so there is no good state to resume from: "
+                    "start again without `--ckpt_path`.")
+        how, step = self._last_checkpoint
+        if how == "loaded":
+            path = self.trainer.ckpt_path if self._trainer is not None else None
+            return (f"No checkpoint was written after the one this run resumed from ({path}, critic step {step}), "
+                    f"which holds a finite state: resume from it again with `--ckpt_path {path}`.")
+        path = getattr(self.trainer.strategy.checkpoint_io, "last_saved_path", None) if self._trainer else None
+        where = f" ({path})" if path else ""  # only rank 0 writes, so only rank 0 knows the file
+        return (f"The newest checkpoint{where}, from critic step {step}, holds a finite state: resume from it with "
+                f"`--ckpt_path {path or 'last'}`.")
 
     def critic_iterations(self) -> int:
         """Critic updates due before the next generator update (constant ``n_critic`` here)."""
@@ -225,6 +262,15 @@ class GANModule(LightningModule):
         metrics = self.score_metrics(self.discriminator(real), self.discriminator(fake))
         self.log_dict({f"val/{name}": value for name, value in metrics.items()}, sync_dist=True)
 
+    def on_validation_end(self) -> None:
+        # DDP gives every rank rank 0's buffers (batch-norm statistics, spectral-norm vectors, the
+        # EMA's) at each training forward, except the first after a validation, whose no-grad
+        # forwards switch that off once. A run resumed after a validation starts from rank 0's
+        # buffers (the checkpoint's), so the uninterrupted run must too: broadcast them here.
+        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            for buffer in self.buffers():
+                dist.broadcast(buffer, src=0)
+
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Latent vectors z ~ N(0, I), shape (n, latent_dim), on the module's device.
 
@@ -246,7 +292,7 @@ class GANModule(LightningModule):
             noise: latent vectors (n, latent_dim) to use instead of fresh ones.
         """
         z = self.noise(n) if noise is None else noise.to(self.device)
-        generator = self.generator_ema.module if self.generator_ema is not None else self.generator
+        generator = self.sampling_generator
         was_training = generator.training
         generator.eval()
         try:
@@ -269,6 +315,8 @@ class GANModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             self._raise_if_nonfinite()  # never save a broken state
+            self._raise_if_state_nonfinite(checkpoint)
+        self._last_checkpoint = ("saved", self.critic_steps)
         checkpoint["gan_state"] = {
             "model": type(self).__name__,
             "critic_steps": self.critic_steps,
@@ -283,23 +331,125 @@ class GANModule(LightningModule):
         if self._trainer is None or self.trainer.world_size == 1:
             return [state]
         gathered = self.all_gather(state.to(self.device))  # (world_size, state_bytes)
-        return [row.cpu() for row in gathered]
+        # Clones: on a CPU each row is a view into one storage, torch.save keeps it so, and
+        # Generator.set_state on a view with a storage offset crashes libtorch.
+        return [row.cpu().clone() for row in gathered]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the counters and RNG states, after checking that the checkpoint fits this model.
+
+        The model is what the configuration says (the command line wins; nothing named in a
+        checkpoint is imported): a checkpoint of another class, or of other layer shapes, is refused
+        by name, and the configured optimiser settings (``lr``, ``betas``, ...) replace the saved ones.
+        """
+        source = f" {self.trainer.ckpt_path}" if self._trainer is not None and self.trainer.ckpt_path else ""
         state = checkpoint.get("gan_state")
         if state is None or state["model"] != type(self).__name__:
-            found = state["model"] if state else "no GAN model of this project"
-            raise ValueError(
-                f"This checkpoint holds {found}, not {type(self).__name__}: load it with the model "
-                f"class that wrote it (`--model {found}`), or start a new run without `--ckpt_path`."
-            )
+            raise mismatch_error(state["model"] if state else None, type(self).__name__, source)
+        self._check_architecture(checkpoint.get("hyper_parameters", {}), source)
+        self._prefer_configured_optimizer_settings(checkpoint)
         self.critic_steps = state["critic_steps"]
         self.generator_steps = state["generator_steps"]
+        self._last_checkpoint = ("loaded", self.critic_steps)
         self._critic_steps_at_last_generator_step = state["critic_steps_at_last_generator_step"]
         rng_states = state.get("train_rng_states", [])
         rank = self.global_rank if self._trainer is not None else 0
         if len(rng_states) > rank:
             self._train_rng, self._train_rng_state = None, rng_states[rank]
+
+    def _check_architecture(self, saved: dict[str, Any], source: str) -> None:
+        """Refuse, by flag, a configured value that would change the shapes of the saved weights."""
+        for name, flag in _ARCHITECTURE_FLAGS.items():
+            if name not in saved or name not in self.hparams:
+                continue
+            mine, theirs = self.hparams[name], saved[name]
+            if name == "ema_decay":  # the decay may change; having an average or not changes the weights
+                mine, theirs = mine is not None, theirs is not None
+            elif name == "image_shape":
+                mine, theirs = list(mine), list(theirs)
+            if mine != theirs:
+                raise CheckpointMismatchError(
+                    f"The checkpoint{source} was trained with {name}={saved[name]!r}, but this run is configured with "
+                    f"{self.hparams[name]!r}: set {flag} to match it (the weights' shapes depend on it), or start a "
+                    f"new run without `--ckpt_path`."
+                )
+
+    def _prefer_configured_optimizer_settings(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores each optimiser's saved param_groups, learning rate included, which would
+        # silently override `--model.lr` on a resumed run: the configured settings win, the moments stay.
+        saved_states = checkpoint.get("optimizer_states")
+        if not saved_states or self._trainer is None:
+            return
+        configured = self.configure_optimizers()
+        configured = [o for o in (configured if isinstance(configured, (list, tuple)) else [configured])
+                      if isinstance(o, torch.optim.Optimizer)]
+        for optimizer, saved in zip(configured, saved_states):
+            for group, saved_group in zip(optimizer.param_groups, saved.get("param_groups", [])):
+                saved_group.update({key: value for key, value in group.items() if key != "params"})
+
+    @property
+    def sampling_generator(self) -> nn.Module:
+        """The network :meth:`sample` runs: the moving average when ``ema_decay`` is set."""
+        return self.generator_ema.module if self.generator_ema is not None else self.generator
+
+
+def check_strategy(strategy: Any) -> None:
+    """Raise a clear error for a strategy the GAN modules cannot train with (two optimisers, manual
+    optimisation, counters and RNG states kept in the module)."""
+    if isinstance(strategy, DDPStrategy):
+        # Pinned by tests/test_lightning_internals.py: private attributes of Lightning's DDPStrategy.
+        if getattr(strategy, "_start_method", "popen") != "popen":
+            raise ValueError(
+                f"DDP with processes started by {strategy._start_method} (ddp_spawn, ddp_fork, ddp_notebook) is not "
+                f"supported: it hands the run back to the first process by pickling, and only the weights "
+                f"come back. Use `--trainer.strategy ddp_find_unused_parameters_true`, which starts one process "
+                f"per device as a script (or launch with torchrun or SLURM)."
+            )
+        kwargs = strategy._ddp_kwargs
+        if not kwargs.get("find_unused_parameters", False) or kwargs.get("static_graph", False):
+            raise ValueError(
+                "DDP must detect unused parameters to train a GAN: each of the two optimiser steps "
+                "leaves the other network without gradients. Use `--trainer.strategy "
+                "ddp_find_unused_parameters_true` (as configs/trainer/ddp.yaml does), or the "
+                "strategy's `find_unused_parameters: true` without `static_graph`."
+            )
+        if strategy._layer_sync is not None and strategy.root_device.type != "cuda":
+            raise ValueError(
+                "`--trainer.sync_batchnorm true` needs GPUs (torch's SyncBatchNorm runs on CUDA only): "
+                "drop it on CPUs, where batch-norm statistics then stay per device."
+            )
+    elif not isinstance(strategy, SingleDeviceStrategy):
+        raise ValueError(
+            f"{type(strategy).__name__} is not supported by the GAN modules (two optimisers, manual "
+            f"optimisation): use one device or `--trainer.strategy ddp_find_unused_parameters_true`."
+        )
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the configured model (another class, other layer shapes)."""
+
+
+def mismatch_error(found: str | None, expected: str, source: str = "") -> CheckpointMismatchError:
+    """The error for a checkpoint of model class ``found`` (``None``: not this project's) given to ``expected``."""
+    if found is None:
+        return CheckpointMismatchError(
+            f"The checkpoint{source} was not written by this project's GAN modules: pass `--ckpt_path` a "
+            f"checkpoint written by `train.py fit`, or start a new run without it.")
+    return CheckpointMismatchError(
+        f"The checkpoint{source} holds {found}, not {expected}: load it with the model class that wrote it "
+        f"(`--model {found}`, or its preset), or start a new run without `--ckpt_path`.")
+
+
+# Hyperparameters that decide the shapes of the weights, with the flag that sets each.
+_ARCHITECTURE_FLAGS = {
+    "image_shape": "`--data.image_size` (and the data's channels)",
+    "latent_dim": "`--model.latent_dim`",
+    "generator_width": "`--model.generator_width`",
+    "critic_width": "`--model.critic_width`",
+    "critic_norm": "`--model.critic_norm`",
+    "spectral_norm": "`--model.spectral_norm`",
+    "ema_decay": "`--model.ema_decay` (an EMA generator or none)",
+}
 
 
 def _check_positive(**values: int) -> None:

@@ -21,6 +21,9 @@ class SaveRankState(Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         torch.save({
             "parameters": {k: v.detach().cpu() for k, v in pl_module.named_parameters()},
+            "optimizer_states": [optimizer.state_dict()["state"] for optimizer in trainer.optimizers],
+            "generator_steps": pl_module.generator_steps,
+            "global_step": trainer.global_step,
             "buffers": {k: v.detach().cpu() for k, v in pl_module.named_buffers()},
             "train_rng_seed": pl_module.train_rng.initial_seed(),
             "world_size": trainer.world_size,
@@ -37,3 +40,14 @@ class NaNOnLastRank(DCGAN):
         if self.critic_steps + 1 == 3 and self.global_rank == self.trainer.world_size - 1:
             loss = loss * float("nan")
         return loss
+
+
+class CrashAt(Callback):
+    """Raises before training batch ``batch_idx`` of ``epoch`` on every rank, like a killed run."""
+
+    def __init__(self, epoch: int, batch_idx: int) -> None:
+        self.epoch, self.batch_idx = epoch, batch_idx
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
+            raise RuntimeError(f"crash before epoch {self.epoch} batch {batch_idx}")

@@ -50,6 +50,47 @@ def test_two_process_fit_keeps_the_ranks_identical(preset, extra, mnist_dir: Pat
         assert rank0["batch_norm_types"] == ["BatchNorm2d"]  # per-device statistics by default
 
 
+def assert_same_rank_states(reference: Path, resumed: Path) -> None:
+    for rank in (0, 1):
+        a, b = (torch.load(folder / f"rank{rank}.pt", weights_only=True) for folder in (reference, resumed))
+        for key in ("critic_steps", "generator_steps", "global_step"):
+            assert a[key] == b[key], (rank, key)
+        for group in ("parameters", "buffers"):
+            assert a[group].keys() == b[group].keys()
+            for name, value in a[group].items():
+                assert torch.equal(value, b[group][name]), (rank, name)
+        for state_a, state_b in zip(a["optimizer_states"], b["optimizer_states"]):
+            assert state_a.keys() == state_b.keys()
+            for index, moments in state_a.items():
+                for key, value in moments.items():
+                    assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[index][key])), (rank, index, key)
+
+
+def test_two_process_resume_ends_bitwise_equal_to_the_uninterrupted_run(mnist_dir: Path, tmp_path: Path) -> None:
+    # The training-RNG states of both ranks are saved as rows of one gathered tensor; on a CPU those
+    # were views of one storage, and rank 1 segfaulted in Generator.set_state when resuming.
+    def fit(name: str, *extra: str) -> subprocess.CompletedProcess:
+        args = tiny_fit_args("wgan_gp_mnist", mnist_dir, tmp_path / name)
+        args[args.index("--trainer.max_epochs") + 1] = "2"
+        return train(args + ["--checkpoint.every_n_train_steps", "1", *extra], tmp_path)
+
+    result = fit("reference")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Stopped after the first epoch, then continued to the second.
+    assert fit("after_epoch", "--trainer.max_epochs", "1").returncode == 0
+    result = fit("after_epoch", "--ckpt_path", str(tmp_path / "after_epoch" / "runs" / "wgan_gp_mnist" /
+                                                   "checkpoints" / "last.ckpt"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_rank_states(tmp_path / "reference" / "state", tmp_path / "after_epoch" / "state")
+    # Killed in the middle of the second epoch, then resumed from the checkpoint of the batch before.
+    crashed = fit("mid_epoch", "--trainer.callbacks+=ddp_helpers.CrashAt", "--trainer.callbacks.epoch", "1",
+                  "--trainer.callbacks.batch_idx", "2")
+    assert crashed.returncode != 0 and "crash before epoch 1 batch 2" in crashed.stderr
+    result = fit("mid_epoch", "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_rank_states(tmp_path / "reference" / "state", tmp_path / "mid_epoch" / "state")
+
+
 def test_sync_batchnorm_on_cpu_is_refused_naming_the_setting(mnist_dir: Path, tmp_path: Path) -> None:
     args = tiny_fit_args("dcgan_mnist", mnist_dir, tmp_path) + ["--trainer.sync_batchnorm", "true",
                                                                "--trainer.devices", "1"]

@@ -145,3 +145,15 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(eve
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert state["gan_state"]["critic_steps"] == 3
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_mid_epoch_resume_does_not_warn_that_the_loader_is_not_resumable(mnist_dir: Path, tmp_path: Path) -> None:
+    import warnings
+
+    with pytest.raises(Crash):
+        run(DCGAN, mnist_dir, tmp_path, callbacks=[CrashAt(0, 5)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(DCGAN, mnist_dir, tmp_path, ckpt_path=str(tmp_path / "last.ckpt"))
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "not resumable" in m], messages

@@ -1,0 +1,33 @@
+"""The private Lightning attributes this project relies on: if an upgrade removes one, these tests
+say which, instead of a feature failing silently."""
+
+from __future__ import annotations
+
+import inspect
+
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loops.progress import _BatchProgress
+from lightning.pytorch.strategies import DDPStrategy
+
+
+def test_lightning_cli_still_merges_checkpoint_hyperparameters_in_parse_ckpt_path() -> None:
+    # train.GANCLI overrides it so that a checkpoint cannot swap the model or import a module.
+    assert callable(getattr(LightningCLI, "_parse_ckpt_path", None)), (
+        "LightningCLI._parse_ckpt_path is gone: check how this Lightning merges a checkpoint's "
+        "hyperparameters into the config and move GANCLI's override there.")
+    assert "hyper_parameters" in inspect.getsource(LightningCLI._parse_ckpt_path)
+
+
+def test_ddp_strategy_still_has_the_attributes_check_strategy_reads() -> None:
+    # gan_modules.base.check_strategy: start method, DDP kwargs, sync-batchnorm plugin.
+    for name, expected in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("ddp_fork", "fork")):
+        strategy = DDPStrategy(start_method=expected)
+        assert strategy._start_method == expected, name
+    strategy = DDPStrategy(find_unused_parameters=True)
+    assert strategy._ddp_kwargs == {"find_unused_parameters": True}
+    assert hasattr(strategy, "_layer_sync"), "DDPStrategy._layer_sync (sync_batchnorm) is gone"
+
+
+def test_the_batch_progress_the_datamodule_saves_is_still_there() -> None:
+    # datamodules.pipeline.ImageDataModule.state_dict reads fit_loop.epoch_loop.batch_progress.current.processed.
+    assert hasattr(_BatchProgress().current, "processed")
