@@ -104,6 +104,7 @@ class ImageDataModule(LightningDataModule):
         self.val_set: Dataset | None = None
         self._shuffle_seed: int | None = None  # PL_GLOBAL_SEED when the first loader is built
         self._resume: dict[str, int] | None = None
+        self._train_sampler: ResumableSampler | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -141,6 +142,7 @@ class ImageDataModule(LightningDataModule):
         if self._resume is not None:
             sampler.resume(self._resume["epoch"], self._resume["batches_seen"] * self.batch_size)
             self._resume = None
+        self._train_sampler = sampler
         return self._loader(self.train_set, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -166,9 +168,10 @@ class ImageDataModule(LightningDataModule):
         state: dict[str, Any] = {"shuffle_seed": self._shuffle_seed}
         if self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             # Batches this rank has trained on in the current epoch: the checkpoint is written after a
-            # batch's training step, after a validation (inside or at the end of the epoch) or at the
-            # end of the epoch, always between batches.
-            state["epoch"] = self.trainer.current_epoch
+            # batch's training step, after a validation (inside or at the end of the epoch), at the
+            # end of the epoch or of training, always between batches. Their epoch is the sampler's:
+            # Lightning's epoch counter has already moved on at the end of an epoch or of training.
+            state["epoch"] = self._train_sampler.epoch if self._train_sampler else self.trainer.current_epoch
             state["batches_seen"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return state
 

@@ -14,6 +14,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from gan_modules.continuation import align_epoch_with_data
 from gan_modules.networks import Discriminator, Generator, Norm, resolution_levels
 
 
@@ -262,6 +263,12 @@ class GANModule(LightningModule):
         metrics = self.score_metrics(self.discriminator(real), self.discriminator(fake))
         self.log_dict({f"val/{name}": value for name, value in metrics.items()}, sync_dist=True)
 
+    def on_train_start(self) -> None:
+        # A run continued with the limit it already reached: stop before any batch, not after one.
+        limit = self.hparams.max_generator_steps
+        if limit is not None and self.generator_steps >= limit:
+            self.trainer.should_stop = True
+
     def on_validation_end(self) -> None:
         # DDP gives every rank rank 0's buffers (batch-norm statistics, spectral-norm vectors, the
         # EMA's) at each training forward, except the first after a validation, whose no-grad
@@ -356,6 +363,10 @@ class GANModule(LightningModule):
         rank = self.global_rank if self._trainer is not None else 0
         if len(rng_states) > rank:
             self._train_rng, self._train_rng_state = None, rng_states[rank]
+        if self._trainer is not None:
+            # Before Lightning restores its loops from the same dict: a run stopped inside an epoch
+            # continues with the rest of that epoch, not with the next one.
+            align_epoch_with_data(checkpoint, self.trainer)
 
     def _check_architecture(self, saved: dict[str, Any], source: str) -> None:
         """Refuse, by flag, a configured value that would change the shapes of the saved weights."""

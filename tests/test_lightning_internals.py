@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 
+import torch
+
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loops.progress import _BatchProgress
 from lightning.pytorch.strategies import DDPStrategy
@@ -31,3 +33,20 @@ def test_ddp_strategy_still_has_the_attributes_check_strategy_reads() -> None:
 def test_the_batch_progress_the_datamodule_saves_is_still_there() -> None:
     # datamodules.pipeline.ImageDataModule.state_dict reads fit_loop.epoch_loop.batch_progress.current.processed.
     assert hasattr(_BatchProgress().current, "processed")
+
+
+def test_the_loop_state_keys_continuation_rewrites_are_still_saved(tmp_path) -> None:
+    # gan_modules.continuation.align_epoch_with_data edits these keys of a checkpoint's loop state.
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(BoringModel())
+    trainer.save_checkpoint(tmp_path / "boring.ckpt")
+    fit_loop = torch.load(tmp_path / "boring.ckpt", weights_only=True)["loops"]["fit_loop"]
+    for tracker in ("current", "total"):
+        assert {"ready", "started", "processed", "completed"} <= fit_loop["epoch_progress"][tracker].keys()
+        assert {"processed", "completed"} <= fit_loop["epoch_loop.batch_progress"][tracker].keys()
+    assert "is_last_batch" in fit_loop["epoch_loop.batch_progress"]
+    assert "_batches_that_stepped" in fit_loop["epoch_loop.state_dict"]
