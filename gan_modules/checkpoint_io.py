@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,9 @@ class GANCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # resolves and broadcasts self.dirpath
+        # Lightning warns that with manual optimisation and every_n_train_steps a checkpoint holds the
+        # state after the batch's optimiser steps: that is the state an exact resume needs.
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
         if stage != "fit" or not self.dirpath or not _is_local_file_protocol(self.dirpath):
             return
         problem = _check_writable(Path(self.dirpath)) if trainer.is_global_zero else None
