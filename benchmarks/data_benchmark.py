@@ -1,8 +1,16 @@
-"""Images per second of the data pipelines, on CelebA-like JPEGs this script writes itself.
+"""Images per second of the data pipelines, on CelebA-like JPEGs and MNIST-sized digits this script
+writes itself.
 
     python benchmarks/data_benchmark.py                 # 2,000 JPEGs, batch 128, 64 px, 2 workers
+    python benchmarks/data_benchmark.py --only mnist    # 60,000 random 28 x 28 digits, batch 128
 
-Measures, through ``ImageFolderDataModule.train_dataloader()`` at the presets' batch size:
+On MNIST (random digits in the real IDX files), through ``MNISTDataModule.train_dataloader()``:
+``UInt8ImageDataset`` read one image at a time with ``default_collate`` (the path before batched
+gathers), its batched ``__getitems__`` (one gather + one ``to_unit_range`` per batch, the default),
+and ``on_device`` (the training set on the trainer's device: the CPU here, and a CUDA GPU as well
+when there is one, timed with synchronisation).
+
+On the JPEGs, through ``ImageFolderDataModule.train_dataloader()`` at the presets' batch size:
 
 1. the JPEG path (``cache=False``): PIL decode + centre crop 178 + resize per image, in
    ``--workers`` DataLoader worker processes;
@@ -18,6 +26,7 @@ H100 consumes (an estimate: no GPU is measured here).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -31,8 +40,10 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from datamodules.image_cache import CachedImageDataset  # noqa: E402
+from benchmarks.digits_to_idx import write_idx  # noqa: E402
 from datamodules.image_folder import ImageFolderDataModule  # noqa: E402
+from datamodules.mnist import MNISTDataModule  # noqa: E402
+from datamodules.pipeline import ResumableSampler  # noqa: E402
 
 
 def write_jpegs(folder: Path, count: int, seed: int = 0) -> float:
@@ -53,29 +64,77 @@ def images_per_second(loader: DataLoader, epochs: int, repeats: int) -> tuple[fl
     """Best of ``repeats`` steady-state rates (the first batch, with worker start-up, is not counted),
     and its ms per batch. The best, since other processes on the machine only ever slow a run down."""
     best = 0.0, float("inf")
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     for _ in range(repeats):
-        iterator_batches = (batch for _ in range(epochs) for batch in loader)
+        iterator_batches = (batch for epoch in range(epochs) for batch in _epoch(loader, epoch))
         next(iterator_batches)
+        synchronize()  # device-resident batches are gathered asynchronously: time the work, not its launch
         images, batches, start = 0, 0, time.perf_counter()
         for real, _ in iterator_batches:
             images += real.shape[0]
             batches += 1
+        synchronize()
         seconds = time.perf_counter() - start
         best = max(best, (images / seconds, 1e3 * seconds / batches))
     return best
 
 
-class _OneByOne(Dataset):
-    """The cache read per item, as ``UInt8ImageDataset`` would: ``to_unit_range`` per image, then stacking."""
+def _epoch(loader: DataLoader, epoch: int) -> DataLoader:
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)  # a new shuffle per epoch, as Lightning does
+    return loader
 
-    def __init__(self, cached: CachedImageDataset) -> None:
-        self.cached = cached
+
+class _OneByOne(Dataset):
+    """A dataset read per item, hiding its ``__getitems__``: ``to_unit_range`` per image, then ``default_collate``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.cached)
+        return len(self.dataset)
 
     def __getitem__(self, index: int):
-        return self.cached[index]
+        return self.dataset[index]
+
+
+def write_random_mnist(root: Path, num_train: int, num_test: int = 1000, seed: int = 0) -> Path:
+    """MNIST's four IDX files under ``root/MNIST/raw``, of random 28 x 28 digits; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", num_train), ("t10k", num_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, count, dtype=np.uint8))
+    return root
+
+
+def benchmark_mnist(folder: Path, args: argparse.Namespace) -> None:
+    """MNIST images/s: per item, one gather per batch, and the training set on the device."""
+    from lightning.pytorch import Trainer
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the Trainer's start-up lines
+
+    root = write_random_mnist(folder, args.mnist_images)
+    print(f"MNIST: {args.mnist_images:,} random 28x28 digits, batch {args.batch_size}, 0 workers; torch threads "
+          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; best of {args.repeats} runs")
+    settings = dict(data_dir=str(root), batch_size=args.batch_size, num_workers=0, download=False)
+    batched = MNISTDataModule(**settings)
+    batched.setup("fit")
+    per_item = DataLoader(_OneByOne(batched.train_set), batch_size=args.batch_size, drop_last=True,
+                          sampler=ResumableSampler(batched.train_set), collate_fn=default_collate)
+    item_rate, item_ms = images_per_second(per_item, args.mnist_epochs, args.repeats)
+    print(f"MNIST per item + default_collate:  {item_rate:10,.0f} images/s ({item_ms:.3f} ms/batch)")
+    gather_rate, gather_ms = images_per_second(batched.train_dataloader(), args.mnist_epochs, args.repeats)
+    print(f"MNIST one gather per batch:        {gather_rate:10,.0f} images/s ({gather_ms:.3f} ms/batch), "
+          f"{gather_rate / item_rate:.1f}x per item")
+    for accelerator in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        on_device = MNISTDataModule(**settings, on_device=True)
+        on_device.trainer = Trainer(accelerator=accelerator, devices=1, logger=False)  # gives the root device
+        on_device.setup("fit")
+        rate, ms = images_per_second(on_device.train_dataloader(), args.mnist_epochs, args.repeats)
+        print(f"MNIST on_device ({accelerator}):{' ' * (18 - len(accelerator))}{rate:10,.0f} images/s ({ms:.3f} "
+              f"ms/batch)")
 
 
 def dcgan_step_gflops_per_image(image_size: int, batch: int = 8) -> float:
@@ -105,10 +164,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process (default: torch's)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each path; the best is printed")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the JPEGs (default: a temp dir)")
+    parser.add_argument("--only", choices=("mnist", "images"), default=None, help="run one of the two benchmarks")
+    parser.add_argument("--mnist-images", type=int, default=60000, help="MNIST training images (MNIST's 60,000)")
+    parser.add_argument("--mnist-epochs", type=int, default=2, help="passes over MNIST to time, per run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.only != "images":
+        with tempfile.TemporaryDirectory() as temporary:
+            benchmark_mnist(Path(temporary), args)
+    if args.only != "mnist":
+        benchmark_images(args)
+
+
+def benchmark_images(args: argparse.Namespace) -> None:
+    """JPEG decoding, the cache build and the cached batches, then the DCGAN step's FLOPs per image."""
     with tempfile.TemporaryDirectory() as temporary:
         folder = args.dir or Path(temporary) / "images"
         kib = write_jpegs(folder, args.num_images)

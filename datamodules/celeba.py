@@ -56,6 +56,9 @@ class CelebADataModule(ImageFilesDataModule):
         strict: stop on a corrupt or truncated image instead of skipping it with a warning.
         download: download CelebA with torchvision (from Google Drive, needs ``gdown``) when no
             files are found.
+        on_device: keep the cached training images on the trainer's device (the split must fit there:
+            2.0 GB for CelebA's official split at 64 px) and gather each batch there, with the batches,
+            shuffle and resume of the default path. Needs ``cache`` and ``num_workers`` 0.
     """
 
     cache_prefix = "celeba"
@@ -72,12 +75,14 @@ class CelebADataModule(ImageFilesDataModule):
         cache_dir: str | None = None,
         strict: bool = False,
         download: bool = True,
+        on_device: bool = False,
     ) -> None:
         if crop not in ("center178", "face"):
             raise ValueError(f"crop must be 'center178' or 'face', got {crop!r}: set `--data.crop`.")
         if split not in ("official", "all"):
             raise ValueError(f"split must be 'official' or 'all', got {split!r}: set `--data.split`.")
-        super().__init__(data_dir, batch_size, num_workers, image_size, crop, 3, cache, cache_dir, strict)
+        super().__init__(data_dir, batch_size, num_workers, image_size, crop, 3, cache, cache_dir, strict,
+                         on_device=on_device)
         self.split = split
         self.download = download
 

@@ -13,6 +13,8 @@ The pipeline shared by :class:`~datamodules.celeba.CelebADataModule` and
 3. :class:`CachedImageDataset` reads that array memory-mapped, a whole batch per gather
    (``__getitems__``), and converts it with :func:`~datamodules.pipeline.to_unit_range`; nothing is
    decoded while training. :class:`ImageFileDataset` is the uncached path: it decodes per item.
+4. With ``on_device``, :meth:`CachedImageDataset.to` reads the training rows once into one uint8 tensor on
+   the trainer's device, which batches are gathered from in the same order as from the memmap.
 
 :class:`ImageFilesDataModule` holds what the two datamodules share; they only say which files make
 up the train and validation splits.
@@ -36,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.pipeline import ImageDataModule, check_int, to_unit_range
+from datamodules.pipeline import ImageDataModule, UInt8ImageDataset, batch_collate, check_int, to_unit_range
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -343,10 +345,35 @@ class CachedImageDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_array": None}
 
+    def to(self, device: torch.device) -> UInt8ImageDataset:
+        """These rows read once into one uint8 tensor on ``device``, whose batches equal this dataset's.
 
-def batch_collate(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """The collate function for :class:`CachedImageDataset`, whose ``__getitems__`` returns a whole batch."""
-    return batch
+        The tensor is allocated there first and filled in chunks, so the host never holds more than a
+        chunk of it (unless ``device`` is the CPU, where the tensor is the copy in memory).
+        """
+        images = torch.empty((len(self.rows), *self.array.shape[1:]), dtype=torch.uint8, device=device)
+        for start in range(0, len(self.rows), _CHUNK):
+            images[start:start + _CHUNK] = torch.from_numpy(self.array[self.rows[start:start + _CHUNK]])
+        return _RowSortedImages(images, self.rows)
+
+
+_CHUNK = 4096  # rows per copy of CachedImageDataset.to: 48 MiB at 64 px RGB
+
+
+class _RowSortedImages(UInt8ImageDataset):
+    """The rows of a :class:`CachedImageDataset` in memory, gathered in the cache's order within a batch
+    (by row), so the batches are bitwise the memmap's."""
+
+    def __init__(self, images: Tensor, rows: np.ndarray) -> None:
+        super().__init__(images)
+        self.rows = rows
+
+    def to(self, device: torch.device) -> _RowSortedImages:
+        return _RowSortedImages(self.images.to(device), self.rows)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        by_row = np.asarray(indices)[np.argsort(self.rows[indices], kind="stable")]
+        return super().__getitems__(by_row.tolist())
 
 
 # --- the datamodules' shared part ----------------------------------------------------------------
@@ -372,9 +399,13 @@ class ImageFilesDataModule(ImageDataModule):
     cache_prefix = "images"
 
     def __init__(self, data_dir: str, batch_size: int, num_workers: int, image_size: int, crop: Crop,
-                 channels: int, cache: bool, cache_dir: str | None, strict: bool) -> None:
-        super().__init__(batch_size, num_workers)
+                 channels: int, cache: bool, cache_dir: str | None, strict: bool, on_device: bool = False) -> None:
+        super().__init__(batch_size, num_workers, on_device=on_device)
         check_int("image_size", image_size, 1)
+        if on_device and not cache:
+            raise ValueError("on_device keeps the decoded training images on the device, but cache is false, so "
+                             "they are decoded per batch and never held: set `--data.cache true`, or "
+                             "`--data.on_device false`.")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}: set `--data.channels`.")
         self.data_dir = data_dir
@@ -430,8 +461,9 @@ class ImageFilesDataModule(ImageDataModule):
                                "(the Trainer does).")
 
     def collate_fn(self, dataset: Dataset | None) -> Any:
-        """Whole batches from the cache; without it, per-item decoding that drops unreadable files."""
-        return batch_collate if isinstance(dataset, CachedImageDataset) else skip_unreadable_collate
+        """Whole batches from the cache (or its copy on the device); without it, per-item decoding that drops
+        unreadable files."""
+        return skip_unreadable_collate if isinstance(dataset, ImageFileDataset) else batch_collate
 
 
 def _decode_workers(num_files: int) -> int:

@@ -36,6 +36,9 @@ class ImageFolderDataModule(ImageFilesDataModule):
             train from it without decoding; rebuilt when the crop, size, channels or files change.
         cache_dir: where the cache goes; ``None``: ``data_dir/.gan_cache``.
         strict: stop on a corrupt or truncated image instead of skipping it with a warning.
+        on_device: keep the cached training images on the trainer's device (the split must fit there:
+            N x channels x image_size² bytes) and gather each batch there, with the batches,
+            shuffle and resume of the default path. Needs ``cache`` and ``num_workers`` 0.
     """
 
     cache_prefix = "images"
@@ -53,12 +56,14 @@ class ImageFolderDataModule(ImageFilesDataModule):
         cache: bool = True,
         cache_dir: str | None = None,
         strict: bool = False,
+        on_device: bool = False,
     ) -> None:
         if crop not in ("center", "center178", "face"):
             raise ValueError(f"crop must be 'center', 'center178' or 'face', got {crop!r}: set `--data.crop`.")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}: set `--data.val_fraction`.")
-        super().__init__(data_dir, batch_size, num_workers, image_size, crop, channels, cache, cache_dir, strict)
+        super().__init__(data_dir, batch_size, num_workers, image_size, crop, channels, cache, cache_dir, strict,
+                         on_device=on_device)
         self.val_fraction = val_fraction
         self.split_seed = split_seed
 

@@ -1,5 +1,5 @@
-"""What every datamodule shares: the one place where images become floats in [-1, 1], and the
-resumable shuffle of the training set."""
+"""What every datamodule shares: the one place where images become floats in [-1, 1], batches built
+by one gather, the resumable shuffle of the training set, and the option to keep it on the device."""
 
 from __future__ import annotations
 
@@ -40,19 +40,52 @@ _NOT_RESUMABLE_WARNING = "You're resuming from a checkpoint that ended before th
 
 
 class UInt8ImageDataset(Dataset):
-    """Images held as one uint8 tensor (N, C, H, W); items are ``(image in [-1, 1], label)``."""
+    """Images held as one uint8 tensor (N, C, H, W); items are ``(image in [-1, 1], label)``.
+
+    A DataLoader with ``collate_fn=batch_collate`` fetches a whole batch through :meth:`__getitems__`:
+    one gather of the batch's images (B, C, H, W) and one :func:`to_unit_range`, in the sampler's
+    order. The conversion is elementwise, so the batch is bitwise the one that ``__getitem__`` per
+    image and ``default_collate`` build, without a Python call per image. The tensors may live on any
+    device (:meth:`to`); batches then come out on it.
+    """
 
     def __init__(self, images: Tensor, labels: Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         self.images = images
-        self.labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.long)
+        self.labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.long,
+                                                                    device=images.device)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return to_unit_range(self.images[index]), self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        index = index_on(self.images.device, indices)
+        return to_unit_range(self.images[index]), self.labels[index]  # (B, C, H, W) float, (B,) long
+
+    def to(self, device: torch.device) -> UInt8ImageDataset:
+        """The same images and labels on ``device`` (the same object's tensors where they are already there)."""
+        return UInt8ImageDataset(self.images.to(device), self.labels.to(device))
+
+
+def index_on(device: torch.device, indices: list[int]) -> Tensor:
+    """``indices`` as a long tensor on ``device``, to gather a batch there.
+
+    To a GPU the indices go from pinned memory without blocking: a copy from pageable memory would
+    wait for the device to finish its queued work, a stall on every batch.
+    """
+    index = torch.as_tensor(indices, dtype=torch.long)
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
+
+
+def batch_collate(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The collate function for datasets whose ``__getitems__`` returns a whole batch: it is one already."""
+    return batch
 
 
 class ResumableSampler(DistributedSampler):
@@ -92,14 +125,33 @@ class ImageDataModule(LightningDataModule):
     ranks by a :class:`ResumableSampler`; where an interrupted run stopped inside an epoch is saved
     with the checkpoint, so a resumed run trains on exactly the batches the uninterrupted run would
     have. Validation batches come in file order (Lightning splits them across ranks).
+
+    With ``on_device`` the training split (only it) is moved once, by the first ``train_dataloader``, to
+    the trainer's device (``trainer.strategy.root_device``; each rank's own under DDP) and indexed there
+    in the training process: no workers, no pinning, no copy per batch, and Lightning's move of the
+    batch to the device finds it there. The same sampler picks the indices, so the batches, the shuffle
+    and a resume are the ones of the default path. Subclasses whose training set cannot be moved
+    refuse the flag in ``__init__``.
+
+    Args:
+        batch_size: images per batch (per device under DDP).
+        num_workers: dataloader worker processes; must be 0 with ``on_device``.
+        on_device: keep the training images on the trainer's device and gather batches there.
     """
 
-    def __init__(self, batch_size: int, num_workers: int) -> None:
+    def __init__(self, batch_size: int, num_workers: int, on_device: bool = False) -> None:
         super().__init__()
         for flag, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
             check_int(flag, value, least)
+        if on_device and num_workers > 0:
+            # An error rather than a silent 0: the user asked for workers, and would not see them dropped.
+            raise ValueError(f"on_device keeps the training images on the device and gathers each batch there, in "
+                             f"the training process, so DataLoader workers have nothing to do, but num_workers is "
+                             f"{num_workers}: set `--data.num_workers 0`, or `--data.on_device false`.")
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.on_device = on_device
+        self._device_train_set: tuple[torch.device, Dataset] | None = None  # moved once per device
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._shuffle_seed: int | None = None  # PL_GLOBAL_SEED when the first loader is built
@@ -143,12 +195,22 @@ class ImageDataModule(LightningDataModule):
             sampler.resume(self._resume["epoch"], self._resume["batches_seen"] * self.batch_size)
             self._resume = None
         self._train_sampler = sampler
+        if self.on_device:  # batches are born on the device: nothing to pin (pinning a GPU tensor fails)
+            return self._loader(self._train_set_on_device(), sampler=sampler, drop_last=True, pin_memory=False)
         return self._loader(self.train_set, sampler=sampler, drop_last=True)
+
+    def _train_set_on_device(self) -> Dataset:
+        """The training set on the trainer's device, moved there by the first call (the CPU without a trainer)."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self._device_train_set is None or self._device_train_set[0] != device:
+            self._device_train_set = (device, self.train_set.to(device))
+        return self._device_train_set[1]
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, sampler=None, drop_last=False)
 
-    def _loader(self, dataset: Dataset | None, sampler: Any, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, sampler: Any, drop_last: bool,
+                pin_memory: bool | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -156,13 +218,14 @@ class ImageDataModule(LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=self.collate_fn(dataset),
             persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
             drop_last=drop_last,  # a last batch of 1 would break batch norm
         )
 
     def collate_fn(self, dataset: Dataset | None) -> Any:
-        """How ``dataset``'s items become a batch; ``None``: torch's default."""
-        return None
+        """How ``dataset``'s items become a batch: whole batches from a :class:`UInt8ImageDataset`,
+        else torch's default (``None``)."""
+        return batch_collate if isinstance(dataset, UInt8ImageDataset) else None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"shuffle_seed": self._shuffle_seed}

@@ -253,3 +253,29 @@ def test_cached_dataset_items_and_batches_agree(folder: Path) -> None:
     singles = torch.stack([dataset[i][0] for i in (2, 5, 9)])  # a batch comes sorted by row
     torch.testing.assert_close(images, singles, rtol=0, atol=0)
     assert labels.tolist() == [0, 0, 0]
+
+
+def test_on_device_batches_equal_the_cached_path(folder: Path) -> None:
+    """The cache's rows, read once into one tensor (on the trainer's device; the CPU here), give the memmap's
+    batches bit for bit: the same shuffle, and within a batch the same order (by row)."""
+    default, on_device = loaded(folder, val_fraction=0.2), loaded(folder, val_fraction=0.2, on_device=True)
+    loader = on_device.train_dataloader()
+    assert loader.num_workers == 0 and not loader.pin_memory
+    assert not isinstance(loader.dataset, CachedImageDataset)  # held in memory, not memory-mapped
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        reference = default.train_dataloader()
+        reference.sampler.set_epoch(epoch)
+        batches, expected = list(loader), list(reference)
+        assert len(batches) == len(expected) == 4  # 16 training images
+        for (images, labels), (images_ref, labels_ref) in zip(batches, expected):
+            assert torch.equal(images.view(torch.int32), images_ref.view(torch.int32))
+            assert torch.equal(labels, labels_ref)
+
+
+def test_on_device_needs_the_cache_and_no_workers(folder: Path) -> None:
+    with pytest.raises(ValueError, match=r"on_device .* cache is false.*`--data.cache true`, or "
+                                         r"`--data.on_device false`"):
+        ImageFolderDataModule(str(folder), cache=False, on_device=True)
+    with pytest.raises(ValueError, match=r"num_workers is 4: set `--data.num_workers 0`, or `--data.on_device false`"):
+        ImageFolderDataModule(str(folder), num_workers=4, on_device=True)

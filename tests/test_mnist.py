@@ -11,7 +11,8 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from torch.utils.data import default_collate
+from lightning.pytorch import Trainer, seed_everything
 from torchvision.datasets import MNIST
 
 from datamodules import MNISTDataModule
@@ -176,3 +177,98 @@ def test_a_download_that_gives_a_corrupt_file_names_it(tmp_path, monkeypatch) ->
     with pytest.raises(RuntimeError, match=r"MNIST file .*train-images-idx3-ubyte is corrupt: .* truncated") as error:
         MNISTDataModule(data_dir=str(tmp_path)).prepare_data()  # torchvision's reader fails on it
     assert "download failed" not in str(error.value)
+
+
+# --- batches by one gather, and the training set on the device -----------------------------------
+
+def _batches(loader, epoch: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader.sampler.set_epoch(epoch)  # what Lightning does at each epoch start
+    return list(loader)
+
+
+def _assert_bitwise_equal(batches, expected) -> None:
+    assert len(batches) == len(expected) > 0
+    for (images, labels), (images_ref, labels_ref) in zip(batches, expected):
+        assert images.dtype == images_ref.dtype == torch.float32 and labels.dtype == labels_ref.dtype == torch.long
+        assert torch.equal(images.cpu().view(torch.int32), images_ref.cpu().view(torch.int32))  # the bits
+        assert torch.equal(labels.cpu(), labels_ref.cpu())
+
+
+def test_a_batch_is_one_gather_bitwise_equal_to_per_item_collation(mnist_dir, monkeypatch) -> None:
+    data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=8)
+    data.setup("fit")
+    dataset = data.train_set
+    loader = data.train_dataloader()
+    order = list(loader.sampler)  # the shuffle is a pure function of (seed, epoch): the loader's own order
+    expected = [default_collate([dataset[i] for i in order[start:start + 8]]) for start in range(0, 64, 8)]
+    val_expected = [default_collate([data.val_set[i] for i in range(start, start + 8)]) for start in range(0, 32, 8)]
+
+    def one_by_one(self, index):
+        raise AssertionError("a batch was built one __getitem__ per image")
+
+    monkeypatch.setattr(type(dataset), "__getitem__", one_by_one)
+    _assert_bitwise_equal(_batches(loader), expected)
+    _assert_bitwise_equal(list(data.val_dataloader()), val_expected)
+    images, labels = next(iter(loader))
+    assert images.shape == (8, 1, 28, 28) and labels.shape == (8,)
+
+
+def _fit_data(mnist_dir, **kwargs) -> MNISTDataModule:
+    data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=8, **kwargs)
+    data.trainer = Trainer(accelerator="cpu", devices=1, logger=False)
+    data.setup("fit")
+    return data
+
+
+def test_on_device_gives_the_default_batches_shuffle_and_resume(mnist_dir) -> None:
+    default, on_device = _fit_data(mnist_dir), _fit_data(mnist_dir, on_device=True)
+    loader = on_device.train_dataloader()
+    assert loader.num_workers == 0 and not loader.pin_memory
+    assert on_device._train_set_on_device() is loader.dataset  # moved once, not per loader
+    assert on_device.val_dataloader().dataset is on_device.val_set  # only the training split moves
+    for epoch in (0, 1):  # a new shuffle each epoch, the same on both paths
+        _assert_bitwise_equal(_batches(loader, epoch), _batches(default.train_dataloader(), epoch))
+
+    # A mid-epoch resume: 3 of epoch 1's 8 batches done; both paths go on with the same 5.
+    state = {"shuffle_seed": 0, "epoch": 1, "batches_seen": 3}
+    default.load_state_dict(state)
+    on_device.load_state_dict(state)
+    resumed = _batches(on_device.train_dataloader(), 1)
+    assert len(resumed) == 5
+    _assert_bitwise_equal(resumed, _batches(default.train_dataloader(), 1))
+    _assert_bitwise_equal(resumed, _batches(_fit_data(mnist_dir).train_dataloader(), 1)[3:])
+
+
+def test_on_device_fit_trains_the_same_weights(mnist_dir) -> None:
+    def fit(on_device: bool) -> DCGAN:
+        seed_everything(7)
+        model = DCGAN(image_shape=(1, 28, 28), latent_dim=8, generator_width=4, critic_width=4)
+        trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+        trainer.fit(model, MNISTDataModule(data_dir=str(mnist_dir), batch_size=8, on_device=on_device))
+        return model
+
+    default, on_device = fit(False), fit(True)
+    assert on_device.critic_steps == default.critic_steps == 8
+    for (name, a), b in zip(default.state_dict().items(), on_device.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_on_device_with_workers_names_both_flags() -> None:
+    with pytest.raises(ValueError, match=r"on_device .* num_workers is 2: set `--data.num_workers 0`, or "
+                                         r"`--data.on_device false`"):
+        MNISTDataModule(num_workers=2, on_device=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_batches_come_from_the_device_and_equal_the_cpu_path(mnist_dir) -> None:
+    data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=8, on_device=True)
+    data.trainer = Trainer(accelerator="cuda", devices=1, logger=False)
+    data.setup("fit")
+    loader = data.train_dataloader()
+    assert data.train_set.images.device.type == "cpu"  # the host copy stays; only the loader's is moved
+    assert loader.dataset.images.device.type == "cuda" and loader.dataset.labels.device.type == "cuda"
+    batches = _batches(loader)
+    assert all(images.is_cuda and labels.is_cuda for images, labels in batches)
+    _assert_bitwise_equal(batches, _batches(_fit_data(mnist_dir).train_dataloader()))
+    assert data.val_dataloader().dataset.images.device.type == "cpu"  # only the training split moves
