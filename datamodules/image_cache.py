@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.pipeline import ImageDataModule, UInt8ImageDataset, batch_collate, check_int, to_unit_range
+from datamodules.pipeline import GatheredBatch, ImageDataModule, UInt8ImageDataset, batch_collate, check_int, to_unit_range
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -338,9 +338,9 @@ class CachedImageDataset(Dataset):
         image = torch.from_numpy(np.array(self.array[self.rows[index]]))  # copy out of the read-only map
         return to_unit_range(image), torch.tensor(0)
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, indices: list[int]) -> GatheredBatch:
         images = torch.from_numpy(self.array[np.sort(self.rows[indices])])  # (B, C, S, S) uint8, a copy
-        return to_unit_range(images), torch.zeros(len(indices), dtype=torch.long)
+        return GatheredBatch(to_unit_range(images), torch.zeros(len(indices), dtype=torch.long))
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_array": None}
@@ -371,7 +371,7 @@ class _RowSortedImages(UInt8ImageDataset):
     def to(self, device: torch.device) -> _RowSortedImages:
         return _RowSortedImages(self.images.to(device), self.rows)
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, indices: list[int]) -> GatheredBatch:
         by_row = np.asarray(indices)[np.argsort(self.rows[indices], kind="stable")]
         return super().__getitems__(by_row.tolist())
 

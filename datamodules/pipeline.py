@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any, Iterator
 
 import torch
@@ -13,7 +14,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -62,9 +63,9 @@ class UInt8ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return to_unit_range(self.images[index]), self.labels[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, indices: list[int]) -> GatheredBatch:
         index = index_on(self.images.device, indices)
-        return to_unit_range(self.images[index]), self.labels[index]  # (B, C, H, W) float, (B,) long
+        return GatheredBatch(to_unit_range(self.images[index]), self.labels[index])  # (B, C, H, W), (B,)
 
     def to(self, device: torch.device) -> UInt8ImageDataset:
         """The same images and labels on ``device`` (the same object's tensors where they are already there)."""
@@ -83,9 +84,28 @@ def index_on(device: torch.device, indices: list[int]) -> Tensor:
     return index.to(device)
 
 
-def batch_collate(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """The collate function for datasets whose ``__getitems__`` returns a whole batch: it is one already."""
-    return batch
+class GatheredBatch(Sequence):
+    """A batch gathered at once, (B, C, H, W) images and (B,) labels, that still reads as the list of
+    its B ``(image, label)`` items: :func:`batch_collate` takes the tensors as they are, and any other
+    collate function (a DataLoader a user builds over the dataset, with torch's ``default_collate``)
+    sees the items it expects."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return self.images[index], self.labels[index]
+
+
+def batch_collate(batch: Any) -> Any:
+    """Collates a :class:`GatheredBatch` by taking its tensors (it is one already); anything else by
+    torch's ``default_collate``."""
+    if isinstance(batch, GatheredBatch):
+        return batch.images, batch.labels
+    return default_collate(batch)
 
 
 class ResumableSampler(DistributedSampler):

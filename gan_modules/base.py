@@ -39,12 +39,21 @@ class GANModule(LightningModule):
         n_critic: critic updates per generator update.
         max_generator_steps: stop training after this many generator updates, the iteration count
             the papers report (``None``: let the trainer's ``max_epochs``/``max_steps`` decide).
-        check_finite_every_n_steps: check that the losses are finite every this many batches (and
-            before every checkpoint), stopping with an error naming the step; each check waits for
-            the device. 0 checks only before checkpoints.
+        check_finite_every_n_steps: check that the losses and gradient norms stayed finite every this
+            many batches, stopping with an error that names them (``None``: every
+            ``log_every_n_steps``, when the logs wait for the device anyway; 0: only before
+            checkpoints). Every checkpoint also checks every weight, buffer and optimiser state first,
+            so none holds a NaN or an infinity; the values are watched on the device in between.
         ema_decay: keep an exponential moving average of the generator's weights and buffers,
             ``ema = decay * ema + (1 - decay) * weights`` after every generator update, and sample
             from it (grids, FID, ``sample``); ``None`` turns it off.
+        channels_last: keep the networks' weights and the images in channels-last memory layout, which
+            convolutions on recent GPUs (tensor cores, especially under mixed precision) run faster;
+            the same results up to float rounding. Off by default: on CPUs it rarely pays.
+        compile: ``torch.compile`` the generator and the critic (in place, so checkpoints keep their
+            keys); the same results up to float rounding, after a compilation of tens of seconds at
+            the first steps. WGAN-GP's penalty runs the critic uncompiled: torch.compile does not
+            support the double backward it needs.
     """
 
     def __init__(
@@ -57,8 +66,10 @@ class GANModule(LightningModule):
         spectral_norm: bool = False,
         n_critic: int = 1,
         max_generator_steps: int | None = None,
-        check_finite_every_n_steps: int = 1,
+        check_finite_every_n_steps: int | None = None,
         ema_decay: float | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         _check_positive(n_critic=n_critic, latent_dim=latent_dim,
@@ -67,7 +78,7 @@ class GANModule(LightningModule):
             _check_positive(max_generator_steps=max_generator_steps)
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}: set `--model.ema_decay` (e.g. 0.999).")
-        if check_finite_every_n_steps < 0:
+        if check_finite_every_n_steps is not None and check_finite_every_n_steps < 0:
             raise ValueError("check_finite_every_n_steps must be >= 0: set `--model.check_finite_every_n_steps`.")
         channels, height, width = image_shape
         if height != width:
@@ -79,12 +90,18 @@ class GANModule(LightningModule):
         self.automatic_optimization = False
         self.generator = Generator(latent_dim, channels, height, generator_width)
         self.discriminator = Discriminator(channels, height, critic_width, critic_norm, spectral_norm)
+        if channels_last:
+            self.generator.to(memory_format=torch.channels_last)
+            self.discriminator.to(memory_format=torch.channels_last)
         # A submodule, so checkpoints save and restore it; it never takes gradients (DDP skips it).
         self.generator_ema: AveragedModel | None = None
         if ema_decay is not None:
             self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay),
                                                use_buffers=True)
             self.generator_ema.requires_grad_(False)
+        if compile:  # lazily, at the first forward; nn.Module.compile keeps the state-dict keys
+            self.generator.compile()
+            self.discriminator.compile()
         self.critic_steps = 0
         self.generator_steps = 0
         self._critic_steps_at_last_generator_step = 0
@@ -93,8 +110,11 @@ class GANModule(LightningModule):
         # whatever validation or the dataloaders take from the global RNG meanwhile.
         self._train_rng: torch.Generator | None = None
         self._train_rng_state: Tensor | None = None
-        self._first_nonfinite: dict[str, Tensor | None] = {
-            "train/d_loss": None, "train/d_grad_norm": None, "train/g_loss": None, "train/g_grad_norm": None}
+        # Per network, (loss, gradient norm) * 0 summed over steps on the device: NaN once either was
+        # non-finite. Read back only at the finiteness checks (_raise_if_nonfinite).
+        self._finite_probes: dict[str, Tensor] = {}
+        self._checked_through = 0  # critic step of the last finiteness check that passed
+        self._generator_terms: dict[str, Tensor] = {}  # the latest generator update's, logged until the next
         # The newest checkpoint this module saved (checked finite) or was restored from: (how, critic step).
         self._last_checkpoint: tuple[str, int] | None = None
 
@@ -103,53 +123,90 @@ class GANModule(LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         real = self._real_images(batch)
         critic_opt, generator_opt = self.optimizers()
-        self._critic_step(real, critic_opt)
+        critic_terms = self._critic_step(real, critic_opt)
         if self.critic_steps - self._critic_steps_at_last_generator_step >= self.critic_iterations():
-            self._generator_step(real.shape[0], generator_opt)
-        self.log_dict(
-            {"train/critic_steps": float(self.critic_steps), "train/generator_steps": float(self.generator_steps)},
-            on_step=True,
-        )
-        every = self.hparams.check_finite_every_n_steps
-        if every and self.critic_steps % every == 0:
-            self._raise_if_nonfinite()
+            self._generator_terms = self._generator_step(real.shape[0], generator_opt)
         limit = self.hparams.max_generator_steps
         if limit is not None and self.generator_steps >= limit:
             self.trainer.should_stop = True
+        if self._log_due():
+            self._log_terms(critic_terms)
+        every = self.hparams.check_finite_every_n_steps
+        every = self.trainer.log_every_n_steps if every is None else every
+        if every and self.critic_steps % every == 0:
+            self._raise_if_nonfinite()
 
-    def _critic_step(self, real: Tensor, optimizer: Any) -> None:
+    def _critic_step(self, real: Tensor, optimizer: Any) -> dict[str, Tensor]:
         """Critic: minimise the family's critic loss on a real batch and a fresh fake batch."""
         with torch.no_grad():
             fake = self.generator(self.noise(real.shape[0], self.train_rng))
         with self.toggled_optimizer(optimizer):  # the generator's parameters stop requiring grad
-            self._descend(optimizer, self.critic_loss(real, fake), "d")
+            terms = self.critic_loss(real, fake)
+            grad_norm = self._descend(optimizer, terms["loss"], "d")
         self.critic_steps += 1
         self.on_critic_step_end()
+        return {"d_loss": terms.pop("loss"), **terms, "d_grad_norm": grad_norm}
 
-    def _generator_step(self, batch_size: int, optimizer: Any) -> None:
+    def _generator_step(self, batch_size: int, optimizer: Any) -> dict[str, Tensor]:
         """Generator: minimise the family's generator loss on a fresh fake batch."""
         with self.toggled_optimizer(optimizer):  # the critic's parameters stop requiring grad
             fake = self.generator(self.noise(batch_size, self.train_rng))
-            self._descend(optimizer, self.generator_loss(fake), "g")
+            terms = self.generator_loss(fake)
+            grad_norm = self._descend(optimizer, terms["loss"], "g")
         self.generator_steps += 1
         self._critic_steps_at_last_generator_step = self.critic_steps
         if self.generator_ema is not None:
             self.generator_ema.update_parameters(self.generator)
+        return {"g_loss": terms.pop("loss"), **terms, "g_grad_norm": grad_norm}
 
-    def _descend(self, optimizer: Any, loss: Tensor, network: str) -> None:
-        """One optimiser step of ``network`` ("d" or "g") on ``loss``; logs the gradient norm."""
-        step = self.critic_steps + (1 if network == "d" else 0)  # the critic step of this batch
-        self._track_finite(f"train/{network}_loss", loss, step)
+    def _descend(self, optimizer: Any, loss: Tensor, network: str) -> Tensor:
+        """One optimiser step of ``network`` ("d" or "g") on ``loss``; returns the gradient norm."""
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads)
-        # A finite loss can still have an overflowing gradient, which would poison the weights and
-        # the optimiser's moments at this step: track it like the loss, on the device.
-        self._track_finite(f"train/{network}_grad_norm", grad_norm, step)
-        # A tensor, not a float: Lightning reads it only every log_every_n_steps batches.
-        self.log(f"train/{network}_grad_norm", grad_norm)
         optimizer.step()
+        # Measured after the step: under `16-mixed` the GradScaler has unscaled the gradients in place
+        # by then, so this is the true norm in every precision.
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+        # A finite loss can still have an overflowing gradient, which would poison the weights and the
+        # optimiser's moments at this step; under a GradScaler it cannot (the scaler skips the step and
+        # lowers its scale, a normal event), so there only the loss is watched. On the device: x * 0
+        # is 0 for a finite x and NaN otherwise, a sum with a NaN stays NaN, and the checks read it back.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        watched = torch.zeros_like(grad_norm) if scaled else grad_norm
+        probe = torch.stack([loss.detach().float(), watched.float()]).mul_(0)
+        previous = self._finite_probes.get(network)
+        self._finite_probes[network] = probe if previous is None else previous.add_(probe)
+        return grad_norm
+
+    # --- logging -------------------------------------------------------------------------------
+
+    def _log_due(self) -> bool:
+        """Whether this batch's metrics are written, as Lightning decides for its own: every
+        ``log_every_n_steps`` batches (one batch is one critic step) and the last batch of a
+        stopped run."""
+        every = self.trainer.log_every_n_steps
+        return bool(every) and (self.critic_steps % every == 0 or self.trainer.should_stop)
+
+    def _log_terms(self, critic_terms: dict[str, Tensor]) -> None:
+        """Write the named terms to the loggers and ``trainer.callback_metrics``, in one read-back.
+
+        Written directly, as Lightning writes a batch's metrics (same step, same ``epoch`` value),
+        not through ``self.log``: Lightning's result collection costs about a millisecond of host
+        time per key and call (benchmarks/step_overhead.py), ten times what the rest of the logging
+        costs. ``callback_metrics`` still sees every value, so checkpoint monitors and early
+        stopping work as usual.
+        """
+        terms = {**critic_terms, **self._generator_terms}  # the generator's from its latest update
+        values = torch.stack([value.detach().float().reshape(()).to(self.device) for value in terms.values()])
+        metrics = dict(zip((f"train/{name}" for name in terms), values.tolist()))  # waits for the device
+        metrics.update({"train/critic_steps": float(self.critic_steps),
+                        "train/generator_steps": float(self.generator_steps)})
+        self.trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        if self.trainer.is_global_zero:
+            step = self.critic_steps - 1  # Lightning's step for a batch's metrics: batches before it
+            for logger in self.loggers:
+                logger.log_metrics({**metrics, "epoch": float(self.current_epoch)}, step=step)
 
     # --- distributed training, randomness and failures -----------------------------------------
 
@@ -172,24 +229,24 @@ class GANModule(LightningModule):
             self._train_rng, self._train_rng_state = rng, None
         return self._train_rng
 
-    def _track_finite(self, name: str, loss: Tensor, critic_step: int) -> None:
-        # Remember the first critic step with a non-finite value without waiting for the device.
-        step = torch.full((), critic_step, device=loss.device)
-        first = self._first_nonfinite[name]
-        first = torch.full((), -1, device=loss.device) if first is None else first
-        self._first_nonfinite[name] = torch.where((first < 0) & ~torch.isfinite(loss.detach()), step, first)
-
     def _raise_if_nonfinite(self) -> None:
-        """Raise on every rank together if any rank saw a non-finite loss or gradient norm since
-        training started."""
-        firsts = [self._first_nonfinite[name] for name in self._first_nonfinite]
-        flags = torch.stack([torch.as_tensor(f if f is not None else -1, device=self.device) for f in firsts])
-        flags = self.trainer.strategy.reduce(flags.float(), reduce_op="max") if self.trainer.world_size > 1 else flags
-        for name, step in zip(self._first_nonfinite, flags.tolist()):
-            if step >= 0:
+        """Raise on every rank together if any rank saw a non-finite loss or gradient norm since the
+        last check (one read-back from the device)."""
+        names = [f"train/{network}_{what}" for network in ("d", "g") for what in ("loss", "grad_norm")]
+        zeros = torch.zeros(2, device=self.device)
+        probes = torch.cat([self._finite_probes.get(network, zeros).to(self.device) for network in ("d", "g")])
+        bad = (~torch.isfinite(probes)).float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        first, self._checked_through = self._checked_through + 1, self.critic_steps
+        for name, is_bad in zip(names, bad.tolist()):
+            if is_bad:
+                when = (f"at critic step {self.critic_steps}" if first >= self.critic_steps else
+                        f"between critic steps {first} and {self.critic_steps} (checked every "
+                        f"`--model.check_finite_every_n_steps` batches; 1 stops at the first)")
                 raise FloatingPointError(
-                    f"{name} became non-finite at critic step {int(step)} (epoch {self.current_epoch}): "
-                    f"training stopped and no checkpoint was written after it. {self._last_good_checkpoint()} "
+                    f"{name} became non-finite {when} (epoch {self.current_epoch}): training stopped and no "
+                    f"checkpoint was written after it. {self._last_good_checkpoint()} "
                     f"Lower `--model.lr`, or for WGAN-GP check `--model.gp_weight`."
                 )
 
@@ -238,6 +295,20 @@ class GANModule(LightningModule):
         return (f"The newest checkpoint{where}, from critic step {step}, holds a finite state: resume from it with "
                 f"`--ckpt_path {path or 'last'}`.")
 
+    def critic_scores(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
+        """The critic's scores of ``real`` and ``fake`` (N, 1) each.
+
+        Without batch norm each sample's score is independent of the rest of its batch, so both go
+        through one forward of the concatenated batch (one launch of every layer instead of two);
+        with batch norm they go separately, each batch normalised by its own statistics, as DCGAN
+        trains. With spectral norm the single forward is one power iteration per critic update
+        instead of two.
+        """
+        if self.hparams.critic_norm == "batch":
+            return self.discriminator(real), self.discriminator(fake)
+        scores = self.discriminator(torch.cat([real, fake]))
+        return scores[: real.shape[0]], scores[real.shape[0]:]
+
     def critic_iterations(self) -> int:
         """Critic updates due before the next generator update (constant ``n_critic`` here)."""
         return self.hparams.n_critic
@@ -245,10 +316,15 @@ class GANModule(LightningModule):
     def on_critic_step_end(self) -> None:
         """Called after every critic optimiser step (WGAN clips the weights here)."""
 
-    def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+    def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
+        """The critic's objective on a real and a fake batch: ``loss`` (what it minimises) and named
+        terms (scalars such as ``real_score``, ``fake_score``), each logged as ``train/<name>``
+        (the loss as ``train/d_loss``)."""
         raise NotImplementedError
 
-    def generator_loss(self, fake: Tensor) -> Tensor:
+    def generator_loss(self, fake: Tensor) -> dict[str, Tensor]:
+        """The generator's objective on a fake batch: ``loss`` (logged as ``train/g_loss``) and any
+        named terms."""
         raise NotImplementedError
 
     def score_metrics(self, real_scores: Tensor, fake_scores: Tensor) -> dict[str, Tensor]:
@@ -315,7 +391,7 @@ class GANModule(LightningModule):
                 f"built for image_shape {tuple(self.hparams.image_shape)}. Let train.py link "
                 f"`data.image_shape` to the model, or set `--model.image_shape` to match the data."
             )
-        return real
+        return real.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else real
 
     # --- checkpoints ---------------------------------------------------------------------------
 

@@ -1,10 +1,14 @@
 """GAN losses as pure functions of the discriminator's outputs, and the WGAN-GP gradient penalty.
 
-Every loss is the quantity the named network *minimises*.
+Every loss is the quantity the named network *minimises*. Each is computed in float32 whatever the
+scores' dtype: under ``bf16-mixed``/``16-mixed`` the critic returns reduced-precision scores, and a
+bfloat16 mean near 1 has a resolution of 2**-7, coarser than the gap between E[D(real)] and
+E[D(fake)] that the Wasserstein terms are made of. ``.float()`` is a no-op on float32 scores.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -18,6 +22,7 @@ def dcgan_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor
     ``-log sigmoid(real_logits) - log(1 - sigmoid(fake_logits))``, averaged over each batch and
     summed over the two, computed from logits for numerical stability.
     """
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
     real_loss = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
     fake_loss = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     return real_loss + fake_loss
@@ -25,6 +30,7 @@ def dcgan_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor
 
 def dcgan_generator_loss(fake_logits: Tensor) -> Tensor:
     """Non-saturating generator loss (Goodfellow et al., 2014): ``-log sigmoid(fake_logits)``, mean."""
+    fake_logits = fake_logits.float()
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
@@ -34,12 +40,12 @@ def wasserstein_critic_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
     The critic maximises ``E[D(real)] - E[D(fake)]``, the Wasserstein estimate, so it minimises
     its negative; the loss is ``-wasserstein_estimate``.
     """
-    return fake_scores.mean() - real_scores.mean()
+    return fake_scores.float().mean() - real_scores.float().mean()
 
 
 def wasserstein_generator_loss(fake_scores: Tensor) -> Tensor:
     """Generator loss of WGAN: ``-E[D(fake)]``."""
-    return -fake_scores.mean()
+    return -fake_scores.float().mean()
 
 
 def wasserstein_estimate(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
@@ -47,7 +53,7 @@ def wasserstein_estimate(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
 
     Up to the critic's Lipschitz constant; it should fall as the samples improve.
     """
-    return real_scores.mean() - fake_scores.mean()
+    return real_scores.float().mean() - fake_scores.float().mean()
 
 
 def gradient_penalty(
@@ -59,6 +65,16 @@ def gradient_penalty(
     and ``a_i ~ U[0, 1]`` drawn once per sample. The norm is taken per sample over all non-batch
     dimensions, in float32. The result is differentiable with respect to the critic's parameters
     (``create_graph=True``); ``real`` and ``fake`` receive no gradient.
+
+    Mixed precision: under ``torch.autocast`` (Lightning's ``bf16-mixed`` and ``16-mixed`` run
+    ``training_step`` in it) the penalty's critic forward and input gradient run in float32, autocast
+    off. This is preferred to PyTorch's other AMP recipe, scaling the scores by the GradScaler's scale
+    before ``autograd.grad``, because it is exact and needs nothing from the trainer: scaling only
+    saves a float16 input gradient from underflow, while near 1-Lipschitz, where the penalty holds
+    the critic, a bfloat16 or float16 ``||grad|| - 1`` has lost most of its digits. The cost is one
+    float32 forward and double backward of the critic on ``x_hat`` per critic step. The outer
+    ``manual_backward`` still scales the whole loss, penalty included, so the GradScaler sees and
+    unscales every parameter gradient. Outside autocast the critic runs in the inputs' dtype.
 
     Args:
         critic: maps a batch (N, ...) to scores of shape (N,) or (N, 1).
@@ -73,8 +89,13 @@ def gradient_penalty(
         raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} must have the same shape")
     alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype,
                        generator=generator)
-    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    scores = critic(x_hat)
-    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    x_hat = alpha * real.detach() + (1 - alpha) * fake.detach()
+    device_type = x_hat.device.type
+    # Under autocast the fakes come in bf16/fp16 while the critic's master weights are float32.
+    autocast_on = torch.is_autocast_enabled(device_type)
+    x_hat = (x_hat.float() if autocast_on else x_hat).requires_grad_(True)
+    with torch.autocast(device_type, enabled=False) if autocast_on else contextlib.nullcontext():
+        scores = critic(x_hat)
+        (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
     grad_norm = grad.float().flatten(1).norm(2, dim=1)  # (N,)
     return ((grad_norm - 1) ** 2).mean()

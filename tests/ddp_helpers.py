@@ -35,11 +35,11 @@ class SaveRankState(Callback):
 class NaNOnLastRank(DCGAN):
     """A DCGAN whose critic loss turns NaN at critic step 3 on the last rank only."""
 
-    def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor:
-        loss = super().critic_loss(real, fake)
+    def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
+        terms = super().critic_loss(real, fake)
         if self.critic_steps + 1 == 3 and self.global_rank == self.trainer.world_size - 1:
-            loss = loss * float("nan")
-        return loss
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
 
 
 class CrashAt(Callback):

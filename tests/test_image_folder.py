@@ -16,6 +16,7 @@ from torch.utils.data import DistributedSampler
 import datamodules.image_cache as image_cache
 from datamodules.image_cache import CachedImageDataset, build_cache, find_images
 from datamodules.image_folder import ImageFolderDataModule
+from datamodules.pipeline import batch_collate
 
 
 def write_image(path: Path, seed: int, size: tuple[int, int] = (40, 30), fmt: str | None = None) -> None:
@@ -249,7 +250,7 @@ def test_dataloader_before_setup(tmp_path: Path) -> None:
 
 def test_cached_dataset_items_and_batches_agree(folder: Path) -> None:
     dataset: CachedImageDataset = loaded(folder, val_fraction=0.0).train_set
-    images, labels = dataset.__getitems__([5, 2, 9])
+    images, labels = batch_collate(dataset.__getitems__([5, 2, 9]))
     singles = torch.stack([dataset[i][0] for i in (2, 5, 9)])  # a batch comes sorted by row
     torch.testing.assert_close(images, singles, rtol=0, atol=0)
     assert labels.tolist() == [0, 0, 0]

@@ -37,6 +37,37 @@ def test_gradient_penalty_of_a_linear_critic_is_norm_minus_one_squared(channels:
     assert torch.allclose(gradient_penalty(critic, real, fake), expected, rtol=1e-5)
 
 
+class MatmulCritic(nn.Module):
+    """critic(x) = flatten(x) @ w: a matmul, which autocast runs in reduced precision; grad_x is w."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gradient_penalty_of_a_linear_critic_is_exact_under_autocast(dtype: torch.dtype) -> None:
+    # Near 1-Lipschitz (||w|| = 1.05), where the penalty acts: a bf16/fp16 input gradient would put
+    # (||w|| - 1)^2 = 0.0025 off by about a per cent. The penalty runs in float32, so it is exact to
+    # float32 rounding, and so is its gradient in w, 2 (||w|| - 1) w / ||w||.
+    torch.manual_seed(0)
+    weight = torch.randn(3, 4, 4)
+    weight = weight * 1.05 / weight.norm()
+    critic = MatmulCritic(weight)
+    real = torch.randn(5, 3, 4, 4)
+    fake = torch.randn(5, 3, 4, 4).to(dtype)  # a generator under autocast returns reduced precision
+    with torch.autocast("cpu", dtype=dtype):
+        assert critic(real).dtype == dtype  # the critic itself does run in reduced precision here
+        penalty = gradient_penalty(critic, real, fake)
+    assert penalty.dtype == torch.float32
+    assert torch.allclose(penalty, torch.tensor(0.05**2), rtol=1e-5)
+    penalty.backward()
+    assert torch.allclose(critic.weight.grad, 2 * 0.05 * critic.weight.detach() / 1.05, rtol=1e-5, atol=1e-7)
+
+
 def test_gradient_penalty_norm_is_per_sample_not_per_pixel() -> None:
     # Every pixel's weight is 0.5, so the per-sample norm is 0.5 * sqrt(C*H*W) = 0.5 * 8 = 4:
     # the penalty is (4 - 1)^2 = 9. A per-pixel norm would give (0.5 - 1)^2 = 0.25.
@@ -92,3 +123,20 @@ def test_wasserstein_losses_and_estimate() -> None:
     assert wasserstein_estimate(real, fake).item() == 4.0
     assert wasserstein_critic_loss(real, fake).item() == -4.0
     assert wasserstein_generator_loss(fake).item() == 0.0
+
+
+def test_losses_of_bfloat16_scores_are_computed_in_float32() -> None:
+    # Means near 1 that differ by about 0.003: bfloat16's resolution there is 2**-7 = 0.0078, so a
+    # bfloat16 difference of the two means would be 0 or 0.0078.
+    torch.manual_seed(0)
+    real = (1.0 + 0.01 * torch.randn(64)).bfloat16()
+    fake = (0.997 + 0.01 * torch.randn(64)).bfloat16()
+    exact = (real.double().mean() - fake.double().mean()).item()
+    for value in (wasserstein_estimate(real, fake), -wasserstein_critic_loss(real, fake)):
+        assert value.dtype == torch.float32
+        assert value.item() == pytest.approx(exact, rel=1e-4)
+    assert wasserstein_generator_loss(fake).item() == pytest.approx(-fake.double().mean().item(), rel=1e-6)
+    logits = torch.linspace(-3, 3, 64).bfloat16()
+    exact_bce = torch.nn.functional.softplus(-logits.double()).mean().item()  # -log sigmoid(x)
+    assert dcgan_generator_loss(logits).dtype == torch.float32
+    assert dcgan_generator_loss(logits).item() == pytest.approx(exact_bce, rel=1e-6)

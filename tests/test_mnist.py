@@ -272,3 +272,14 @@ def test_on_a_gpu_batches_come_from_the_device_and_equal_the_cpu_path(mnist_dir)
     assert all(images.is_cuda and labels.is_cuda for images, labels in batches)
     _assert_bitwise_equal(batches, _batches(_fit_data(mnist_dir).train_dataloader()))
     assert data.val_dataloader().dataset.images.device.type == "cpu"  # only the training split moves
+
+
+def test_a_plain_dataloader_over_the_dataset_still_gives_batches(mnist_dir) -> None:
+    # torch's DataLoader calls __getitems__ whenever a dataset has it, also with default_collate.
+    from torch.utils.data import DataLoader
+
+    data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=8)
+    data.setup("fit")
+    images, labels = next(iter(DataLoader(data.train_set, batch_size=8)))
+    assert images.shape == (8, 1, 28, 28) and labels.shape == (8,)
+    assert torch.equal(images, torch.stack([data.train_set[i][0] for i in range(8)]))
