@@ -125,6 +125,11 @@ class ResumableSampler(DistributedSampler):
         self._resume_epoch: int | None = None
         self._resume_skip = 0
 
+    @property
+    def pending_resume_epoch(self) -> int | None:
+        """The epoch :meth:`resume` was given, until the pass over it has started."""
+        return self._resume_epoch
+
     def resume(self, epoch: int, samples_seen: int) -> None:
         """Skip the first ``samples_seen`` samples of this rank's share of ``epoch``."""
         self._resume_epoch, self._resume_skip = epoch, samples_seen
@@ -254,7 +259,11 @@ class ImageDataModule(LightningDataModule):
             # batch's training step, after a validation (inside or at the end of the epoch), at the
             # end of the epoch or of training, always between batches. Their epoch is the sampler's:
             # Lightning's epoch counter has already moved on at the end of an epoch or of training.
-            state["epoch"] = self._train_sampler.epoch if self._train_sampler else self.trainer.current_epoch
+            sampler = self._train_sampler
+            if sampler is None:
+                state["epoch"] = self.trainer.current_epoch
+            else:  # a resumed fit that drew no batch (its limit already reached) keeps the restored epoch
+                state["epoch"] = sampler.pending_resume_epoch if sampler.pending_resume_epoch is not None else sampler.epoch
             state["batches_seen"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return state
 

@@ -290,9 +290,19 @@ class GANCheckpoint(ModelCheckpoint):
         if (every >= 1 and (trainer.current_epoch + 1) % every == 0) or _training_ends_after_this_epoch(trainer):
             self._save_now(trainer)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # A resumed fit's starting state is its checkpoint's: one that trains nothing (its limit
+        # already reached) writes nothing over it.
+        if trainer.ckpt_path:
+            self._last_global_step_saved = trainer.global_step
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A safety net only: the end of the run was saved at its epoch's end. Lightning calls this
-        # hook when fit ends normally, never after an exception.
+        # hook when fit ends normally, never after an exception. Lightning's own on_train_end writes
+        # last.ckpt whenever this callback saved nothing yet, even for a step that is saved already.
+        if self._should_skip_saving_checkpoint(trainer):
+            return
         self._save_now(trainer)
         super().on_train_end(trainer, pl_module)
 

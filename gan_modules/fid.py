@@ -194,6 +194,12 @@ class FIDCallback(Callback):
         # Every rank holds the same value; sync_dist only averages identical numbers.
         pl_module.log("val/fid", fid, on_epoch=True, sync_dist=True)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A resumed fit that trains nothing (its limit already reached) ends in the state its
+        # checkpoint holds, which the run that wrote it scored at its end: not again here.
+        if trainer.ckpt_path:
+            self._scored_step = trainer.global_step
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The run ended in a state no validation scored: score it here (self.log is closed by now).
         if self.metric is None or not _agreed(trainer, self._scored_step != trainer.global_step):

@@ -51,7 +51,10 @@ def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") 
     hyperparameters = hyperparameters if isinstance(hyperparameters, dict) else {}
     arguments = _init_argument_names(cls)
     try:
-        model = cls(**{key: value for key, value in hyperparameters.items() if key in arguments})
+        arguments_of_the_run = {key: value for key, value in hyperparameters.items() if key in arguments}
+        # Sampling needs neither the training-speed options nor a compilation of tens of seconds.
+        arguments_of_the_run.update({key: False for key in ("compile", "channels_last") if key in arguments})
+        model = cls(**arguments_of_the_run)
         model.on_load_checkpoint(checkpoint)  # restores the step counters and the training RNG
         model.load_state_dict(state_dict)
     except (TypeError, ValueError, RuntimeError) as error:

@@ -155,3 +155,30 @@ def test_continuing_with_the_limit_already_reached_trains_no_batch(data_dir, tmp
     again, _, batches = fit(data_dir, "max_generator_steps", STOPS["mid_epoch"], ckpt_path=tmp_path / SAVED_AT[0])
     assert batches == []
     assert (again.critic_steps, again.generator_steps) == (stopped.critic_steps, stopped.generator_steps)
+
+
+def test_continuing_with_the_limit_reached_then_extending_still_ends_bitwise_equal(data_dir, uninterrupted,
+                                                                                   tmp_path) -> None:
+    # The fit that trains nothing still saves at its end (here: on_train_end); that checkpoint must keep
+    # the data position it resumed from (batch 10 is inside the second epoch), not epoch 0's.
+    kind, reference = "max_generator_steps", uninterrupted("max_generator_steps")
+    fit(data_dir, kind, 10, ckpt_dir=tmp_path / "first")
+    fit(data_dir, kind, 10, ckpt_dir=tmp_path / "again", ckpt_path=tmp_path / "first" / SAVED_AT[2])
+    continued = fit(data_dir, kind, FULL_RUN, ckpt_path=tmp_path / "again" / SAVED_AT[2])
+    assert continued[2] == reference[2][10:]
+    assert_bitwise_equal(reference, continued)
+
+
+def test_a_continued_fit_that_trains_nothing_writes_no_checkpoint(data_dir, tmp_path) -> None:
+    from gan_modules.checkpoint_io import GANCheckpoint
+
+    fit(data_dir, "max_generator_steps", 10, ckpt_dir=tmp_path)  # stops inside the second epoch
+    last = tmp_path / "epoch_end" / "last.ckpt"
+    before, files = last.read_bytes(), sorted(last.parent.iterdir())
+    torch.manual_seed(1234)
+    model = WGANGP(image_shape=(1, 28, 28), **TINY, max_generator_steps=10 // 2)
+    trainer = Trainer(accelerator="cpu", max_epochs=3, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+                      callbacks=[GANCheckpoint(dirpath=tmp_path / "epoch_end", save_last=True)])
+    trainer.fit(model, MNISTDataModule(data_dir=str(data_dir), batch_size=8), ckpt_path=last)
+    assert model.critic_steps == 10 and sorted(last.parent.iterdir()) == files and last.read_bytes() == before

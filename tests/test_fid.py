@@ -401,3 +401,18 @@ def test_a_missing_weights_file_is_named(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     run_ddp_scenario(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+def test_a_resumed_fit_that_trains_nothing_does_not_score_its_checkpoint_again(tmp_path: Path) -> None:
+    data_dir = write_mnist(tmp_path / "data", n_train=64, n_test=20)
+    callback = FIDCallback(feature=PooledPixels(), num_samples=16, batch_size=8, cache_dir=None)
+    trainer, computed = counted_fit(callback, data_dir, max_epochs=5, model=dict(max_generator_steps=3))
+    assert len(computed) == 1  # the stopped run's end
+    trainer.save_checkpoint(tmp_path / "stopped.ckpt")
+    again = FIDCallback(feature=PooledPixels(), num_samples=16, batch_size=8, cache_dir=None)
+    scored = []
+    compute = again.compute
+    again.compute = lambda trainer, pl_module: scored.append(trainer.global_step) or compute(trainer, pl_module)
+    model = DCGAN(latent_dim=8, generator_width=8, critic_width=8, max_generator_steps=3)  # its limit is reached
+    quiet_trainer(callbacks=[again], max_epochs=5).fit(model, mnist(data_dir), ckpt_path=tmp_path / "stopped.ckpt")
+    assert model.generator_steps == 3 and scored == []

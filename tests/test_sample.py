@@ -199,3 +199,14 @@ def test_sample_with_a_missing_checkpoint_names_the_flag(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "No checkpoint at nope.ckpt: pass `--ckpt_path`" in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_sample_does_not_compile_a_generator_trained_with_compile(checkpoint: Path, tmp_path: Path) -> None:
+    from gan_modules.sampling import load_generator_checkpoint
+
+    state = torch.load(checkpoint, weights_only=True)
+    state["hyper_parameters"].update(compile=True, channels_last=True)
+    trained_compiled = tmp_path / "compiled.ckpt"
+    torch.save(state, trained_compiled)
+    model = load_generator_checkpoint(trained_compiled)
+    assert model.generator._compiled_call_impl is None and not model.hparams.channels_last
