@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -30,3 +31,15 @@ def write_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) 
 @pytest.fixture
 def mnist_dir(tmp_path: Path) -> Path:
     return write_mnist(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def restore_pl_global_seed():
+    """Tests that seed like seed_everything set PL_GLOBAL_SEED, which the datamodules' shuffle reads:
+    put it back after each, so no test depends on the ones that ran before it."""
+    before = os.environ.get("PL_GLOBAL_SEED")
+    yield
+    if before is None:
+        os.environ.pop("PL_GLOBAL_SEED", None)
+    else:
+        os.environ["PL_GLOBAL_SEED"] = before
