@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from benchmarks.digits_to_idx import write_idx  # noqa: E402
+from benchmarks.digits_to_idx import write_random_mnist  # noqa: E402
 from datamodules.image_folder import ImageFolderDataModule  # noqa: E402
 from datamodules.mnist import MNISTDataModule  # noqa: E402
 from datamodules.pipeline import ResumableSampler  # noqa: E402
@@ -96,17 +96,6 @@ class _OneByOne(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[index]
-
-
-def write_random_mnist(root: Path, num_train: int, num_test: int = 1000, seed: int = 0) -> Path:
-    """MNIST's four IDX files under ``root/MNIST/raw``, of random 28 x 28 digits; returns ``root``."""
-    rng = np.random.default_rng(seed)
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, count in (("train", num_train), ("t10k", num_test)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, count, dtype=np.uint8))
-    return root
 
 
 def benchmark_mnist(folder: Path, args: argparse.Namespace) -> None:

@@ -43,6 +43,18 @@ def digits_uint8(size: int = 28) -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.uint8)
 
 
+def write_random_mnist(root: Path, num_train: int, num_test: int = 1000, seed: int = 0) -> Path:
+    """MNIST's four IDX files under ``root/MNIST/raw``, of random 28 x 28 digits (what the benchmarks
+    time: the compute is MNIST's, the content does not matter); returns ``root``."""
+    rng = np.random.default_rng(seed)
+    raw = Path(root) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", num_train), ("t10k", num_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, count, dtype=np.uint8))
+    return Path(root)
+
+
 def write_digits(out: Path, size: int = 28, num_test: int = 300, seed: int = 0,
                  limit: int | None = None) -> Path:
     """Write the digits as MNIST IDX files under ``out/MNIST/raw``; returns ``out``.

@@ -27,9 +27,9 @@ from lightning.pytorch import Trainer, seed_everything
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
-from conftest import write_mnist  # noqa: E402  (the tests' writer of real-format MNIST files)
+from benchmarks.digits_to_idx import write_random_mnist  # noqa: E402
 from datamodules.mnist import MNISTDataModule  # noqa: E402
 from gan_modules import DCGAN  # noqa: E402
 from gan_modules.fid import FIDCallback  # noqa: E402
@@ -112,7 +112,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data_dir = write_mnist(tmp / "data", n_train=8, n_test=args.num_real)
+        data_dir = write_random_mnist(tmp / "data", 8, args.num_real)
         if args.weights_path:
             weights, kind = Path(args.weights_path), "trained weights from --weights-path"
         else:

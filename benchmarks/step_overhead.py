@@ -70,7 +70,6 @@ import logging
 import platform
 import shlex
 import statistics
-import struct
 import sys
 import tempfile
 import threading
@@ -80,7 +79,6 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import lightning
-import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
@@ -97,6 +95,7 @@ from gan_modules.losses import (  # noqa: E402
     wasserstein_estimate,
     wasserstein_generator_loss,
 )
+from benchmarks.digits_to_idx import write_random_mnist  # noqa: E402
 from train import build_cli  # noqa: E402
 
 PRESETS = {"dcgan": "dcgan_mnist", "wgan_gp": "wgan_gp_mnist", "wgan": "wgan_mnist"}
@@ -105,26 +104,6 @@ SETTINGS = {  # extra CLI arguments over the preset
     "preset": [],
 }
 SEED = 42  # the presets' seed_everything
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array in the IDX format of LeCun's MNIST files (big-endian header)."""
-    magic = 0x0800 | array.ndim  # 0x08: unsigned byte data
-    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def write_mnist(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
-    """The four MNIST files with random digits under ``root/MNIST/raw`` (torchvision's layout); returns ``root``."""
-    rng = np.random.default_rng(seed)
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,), dtype=np.uint8))
-    return root
 
 
 # --- one run, one turn at a time -----------------------------------------------------------------
@@ -479,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{options.warmup} + {options.batches} batches per run; {train_images:,} training images{extra}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="step_overhead_") as tmp:
-        data_dir = write_mnist(Path(tmp) / "data", train_images, 1_000)
+        data_dir = write_random_mnist(Path(tmp) / "data", train_images, 1_000)
         for model in options.models:
             figures = measure(model, options.setting, data_dir, Path(tmp) / "runs", options)
             rows.append((options.setting, model, figures))

@@ -126,9 +126,7 @@ class GANModule(LightningModule):
         critic_terms = self._critic_step(real, critic_opt)
         if self.critic_steps - self._critic_steps_at_last_generator_step >= self.critic_iterations():
             self._generator_terms = self._generator_step(real.shape[0], generator_opt)
-        limit = self.hparams.max_generator_steps
-        if limit is not None and self.generator_steps >= limit:
-            self.trainer.should_stop = True
+        self._stop_at_generator_limit()
         if self._log_due():
             self._log_terms(critic_terms)
         every = self.hparams.check_finite_every_n_steps
@@ -357,6 +355,9 @@ class GANModule(LightningModule):
 
     def on_train_start(self) -> None:
         # A run continued with the limit it already reached: stop before any batch, not after one.
+        self._stop_at_generator_limit()
+
+    def _stop_at_generator_limit(self) -> None:
         limit = self.hparams.max_generator_steps
         if limit is not None and self.generator_steps >= limit:
             self.trainer.should_stop = True

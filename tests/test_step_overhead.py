@@ -18,7 +18,7 @@ def test_plain_loop_and_floor_train_what_the_preset_trains(model: str, tmp_path:
     # Same seeds, data order, losses, optimisers and schedule: after 10 batches (two generator steps
     # at n_critic 5) the generators agree, bitwise where the project's critic forwards are the plain
     # loop's (batch norm) and to float rounding where it concatenates real and fake (WGAN-GP).
-    data_dir = step_overhead.write_mnist(tmp_path / "data", n_train=16 * 12, n_test=16)  # 12 batches of 16
+    data_dir = step_overhead.write_random_mnist(tmp_path / "data", 16 * 12, 16)  # 12 batches of 16
 
     def args(run: str) -> list[str]:
         return step_overhead.cli_args(step_overhead.PRESETS[model], "tiny", data_dir, tmp_path / run, "cpu",
