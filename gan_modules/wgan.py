@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -45,50 +47,24 @@ class WGANGP(_WassersteinGAN):
     layer norm in the critic.
 
     Args:
-        image_shape: (C, H, W) of the images; linked from the datamodule by the CLI.
-        latent_dim: size of the latent vector z ~ N(0, I).
-        generator_width: channels of the generator's last hidden layer (``ngf``).
-        critic_width: channels of the critic's first layer (``ndf``).
         critic_norm: ``layer`` (the paper) or ``none``; batch norm is refused because it makes each
             sample's gradient depend on the rest of the batch, which the per-sample penalty assumes
             it does not.
-        spectral_norm: also wrap every critic convolution in spectral normalisation.
         n_critic: critic updates per generator update.
-        max_generator_steps: stop after this many generator updates (``None``: no limit).
-        check_finite_every_n_steps: check that the losses and gradient norms stayed finite every this
-            many batches (``None``: every ``log_every_n_steps``, when the logs wait for the device
-            anyway; 0: only before checkpoints, which always check every weight too).
-        ema_decay: sample (grids, FID) from an exponential moving average of the generator with this
-            decay, updated after every generator update; ``None`` (the paper) turns it off.
-        channels_last: keep the networks' weights and the images in channels-last memory layout, which
-            convolutions on recent GPUs (tensor cores, especially under mixed precision) run faster;
-            the same results up to float rounding. Off by default: on CPUs it rarely pays.
-        compile: ``torch.compile`` the generator and the critic (in place, so checkpoints keep their
-            keys); the same results up to float rounding, after a compilation of tens of seconds at
-            the first steps. WGAN-GP's penalty runs the critic uncompiled: torch.compile does not
-            support the double backward it needs.
-        lr: Adam learning rate of both networks.
+        lr: Adam learning rate of both networks (``critic_lr``/``generator_lr`` set one each).
         betas: Adam betas of both networks.
         gp_weight: the penalty's weight lambda.
+        **kwargs: the other arguments every GAN module shares (:class:`~gan_modules.base.GANModule`).
     """
 
     def __init__(
         self,
-        image_shape: tuple[int, int, int] = (1, 28, 28),
-        latent_dim: int = 100,
-        generator_width: int = 64,
-        critic_width: int = 64,
         critic_norm: Norm = "layer",
-        spectral_norm: bool = False,
         n_critic: int = 5,
-        max_generator_steps: int | None = None,
-        check_finite_every_n_steps: int | None = None,
-        ema_decay: float | None = None,
-        channels_last: bool = False,
-        compile: bool = False,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.0, 0.9),
         gp_weight: float = 10.0,
+        **kwargs: Any,
     ) -> None:
         if critic_norm == "batch":
             raise ValueError(
@@ -97,9 +73,7 @@ class WGANGP(_WassersteinGAN):
             )
         if gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {gp_weight}: set `--model.gp_weight`.")
-        super().__init__(image_shape, latent_dim, generator_width, critic_width, critic_norm,
-                         spectral_norm, n_critic, max_generator_steps, check_finite_every_n_steps,
-                         ema_decay, channels_last, compile)
+        super().__init__(critic_norm=critic_norm, n_critic=n_critic, **kwargs)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
         """Critic: maximise E[D(real)] - E[D(fake)] with the gradient penalty on interpolates."""
@@ -110,70 +84,32 @@ class WGANGP(_WassersteinGAN):
         terms["loss"] = -terms["wasserstein"] + self.hparams.gp_weight * terms["gradient_penalty"]
         return terms
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        lr, betas = self.hparams.lr, tuple(self.hparams.betas)
-        return [
-            torch.optim.Adam(self.critic.parameters(), lr=lr, betas=betas),
-            torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas),
-        ]
+    def make_optimizer(self, parameters: Any, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(parameters, lr=lr, betas=tuple(self.hparams.betas))
 
 
 class WGAN(_WassersteinGAN):
     """WGAN with weight clipping, the original Wasserstein GAN.
 
-    Every critic parameter is clamped to [-clip_value, clip_value] after each critic step. Defaults follow Algorithm 1 of the paper: RMSprop 5e-5, clip 0.01, n_critic 5; the critic keeps
+    Every critic parameter is clamped to [-clip_value, clip_value] after each critic step. Defaults
+    follow Algorithm 1 of the paper: RMSprop 5e-5, clip 0.01, n_critic 5; the critic keeps
     DCGAN's batch norm, as the paper's experiments did.
 
     Args:
-        image_shape: (C, H, W) of the images; linked from the datamodule by the CLI.
-        latent_dim: size of the latent vector z ~ N(0, I).
-        generator_width: channels of the generator's last hidden layer (``ngf``).
-        critic_width: channels of the critic's first layer (``ndf``).
-        critic_norm: normalisation in the critic: ``batch`` (the paper), ``layer`` or ``none``.
-        spectral_norm: also wrap every critic convolution in spectral normalisation.
         n_critic: critic updates per generator update.
-        max_generator_steps: stop after this many generator updates (``None``: no limit).
-        check_finite_every_n_steps: check that the losses and gradient norms stayed finite every this
-            many batches (``None``: every ``log_every_n_steps``, when the logs wait for the device
-            anyway; 0: only before checkpoints, which always check every weight too).
-        ema_decay: sample (grids, FID) from an exponential moving average of the generator with this
-            decay, updated after every generator update; ``None`` (the paper) turns it off.
-        channels_last: keep the networks' weights and the images in channels-last memory layout, which
-            convolutions on recent GPUs (tensor cores, especially under mixed precision) run faster;
-            the same results up to float rounding. Off by default: on CPUs it rarely pays.
-        compile: ``torch.compile`` the generator and the critic (in place, so checkpoints keep their
-            keys); the same results up to float rounding, after a compilation of tens of seconds at
-            the first steps. WGAN-GP's penalty runs the critic uncompiled: torch.compile does not
-            support the double backward it needs.
-        lr: RMSprop learning rate of both networks.
+        lr: RMSprop learning rate of both networks (``critic_lr``/``generator_lr`` set one each).
         clip_value: the bound c of the weight clipping.
         warmup: the reference code's schedule: 100 critic updates per generator update for the first
             25 generator updates and every 500th, ``n_critic`` otherwise.
+        **kwargs: the other arguments every GAN module shares (:class:`~gan_modules.base.GANModule`),
+            with its defaults: batch norm in the critic, as the paper's experiments had.
     """
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int] = (1, 28, 28),
-        latent_dim: int = 100,
-        generator_width: int = 64,
-        critic_width: int = 64,
-        critic_norm: Norm = "batch",
-        spectral_norm: bool = False,
-        n_critic: int = 5,
-        max_generator_steps: int | None = None,
-        check_finite_every_n_steps: int | None = None,
-        ema_decay: float | None = None,
-        channels_last: bool = False,
-        compile: bool = False,
-        lr: float = 5e-5,
-        clip_value: float = 0.01,
-        warmup: bool = False,
-    ) -> None:
+    def __init__(self, n_critic: int = 5, lr: float = 5e-5, clip_value: float = 0.01, warmup: bool = False,
+                 **kwargs: Any) -> None:
         if clip_value <= 0:
             raise ValueError(f"clip_value must be > 0, got {clip_value}: set `--model.clip_value`.")
-        super().__init__(image_shape, latent_dim, generator_width, critic_width, critic_norm,
-                         spectral_norm, n_critic, max_generator_steps, check_finite_every_n_steps,
-                         ema_decay, channels_last, compile)
+        super().__init__(n_critic=n_critic, **kwargs)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
         """Critic: maximise E[D(real)] - E[D(fake)]; the clipping keeps it Lipschitz."""
@@ -193,9 +129,5 @@ class WGAN(_WassersteinGAN):
             return 100
         return self.hparams.n_critic
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        lr = self.hparams.lr
-        return [
-            torch.optim.RMSprop(self.critic.parameters(), lr=lr),
-            torch.optim.RMSprop(self.generator.parameters(), lr=lr),
-        ]
+    def make_optimizer(self, parameters: Any, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.RMSprop(parameters, lr=lr)

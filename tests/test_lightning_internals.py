@@ -21,7 +21,7 @@ def test_lightning_cli_still_merges_checkpoint_hyperparameters_in_parse_ckpt_pat
 
 
 def test_ddp_strategy_still_has_the_attributes_check_strategy_reads() -> None:
-    # gan_modules.base.check_strategy: start method, DDP kwargs, sync-batchnorm plugin.
+    # gan_modules.run_integrity.check_strategy: start method, DDP kwargs, sync-batchnorm plugin.
     for name, expected in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("ddp_fork", "fork")):
         strategy = DDPStrategy(start_method=expected)
         assert strategy._start_method == expected, name

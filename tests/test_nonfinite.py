@@ -81,7 +81,7 @@ class InfiniteGradient(DCGAN):
 
 def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_update_is_saved(mnist_dir, tmp_path) -> None:
     model = InfiniteGradient(check_finite_every_n_steps=1, **TINY)
-    with pytest.raises(FloatingPointError, match=r"train/d_grad_norm became non-finite at critic step 3"):
+    with pytest.raises(FloatingPointError, match=r"train/critic_grad_norm became non-finite at critic step 3"):
         fit(model, mnist_dir, tmp_path)
     assert assert_all_finite(tmp_path / "last.ckpt")["gan_state"]["critic_steps"] == 2
 

@@ -109,4 +109,4 @@ def test_16_mixed_skipped_steps_are_not_failures_and_the_logged_grad_norm_is_uns
     assert_finite_run(model, losses)
     # The last critic step's gradients are still in .grad, unscaled in place by the scaler's step.
     true_norm = torch.nn.utils.get_total_norm([p.grad for p in model.discriminator.parameters()])
-    assert trainer.callback_metrics["train/d_grad_norm"].item() == pytest.approx(true_norm.item(), rel=1e-4)
+    assert trainer.callback_metrics["train/critic_grad_norm"].item() == pytest.approx(true_norm.item(), rel=1e-4)

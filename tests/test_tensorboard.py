@@ -16,14 +16,14 @@ from gan_modules.callbacks import FIDCallback, RunMonitor, SampleGridCallback
 from test_fid import PooledPixels
 
 TINY = dict(image_shape=(1, 28, 28), latent_dim=8, generator_width=4, critic_width=4, n_critic=2)
-COMMON = {"train/d_loss", "train/g_loss", "train/d_grad_norm", "train/g_grad_norm", "train/critic_steps",
-          "train/generator_steps", "train/real_score", "train/fake_score", "train/seconds_per_epoch",
-          "train/images_per_second", "val/fid"}
+COMMON = {"train/critic_loss", "train/generator_loss", "train/critic_grad_norm", "train/generator_grad_norm",
+          "train/critic_lr", "train/generator_lr", "train/critic_steps", "train/generator_steps", "train/real_score",
+          "train/fake_score", "train/seconds_per_epoch", "train/images_per_second", "val/fid"}
 
 
 @pytest.mark.parametrize("model_cls, family_tags", [
     (WGANGP, {"train/wasserstein", "train/gradient_penalty", "val/wasserstein"}),
-    (DCGAN, {"val/d_loss"}),
+    (DCGAN, {"val/critic_loss"}),
 ])
 def test_a_short_fit_writes_the_health_signals(model_cls, family_tags, mnist_dir: Path, tmp_path: Path) -> None:
     model = model_cls(**TINY)

@@ -1,0 +1,336 @@
+"""What keeps a GAN run honest and resumable, apart from the algorithm in :mod:`gan_modules.base`.
+
+- **Randomness per rank**: the training noise and the penalty's mixing coefficients come from one
+  ``torch.Generator`` per rank, saved in every checkpoint, so a resumed run draws what the
+  uninterrupted run would have drawn.
+- **The finiteness guard**: losses and gradient norms are watched on the device and read back only
+  at the checks; no checkpoint is written with a non-finite weight, buffer or optimiser state.
+- **Refusals**: strategies the modules cannot train with, and checkpoints of another model class or
+  of other layer shapes, each stopped by one error that names the flag to change.
+
+The private Lightning attributes read here are pinned by tests/test_lightning_internals.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+
+from gan_modules.checkpoint_io import read_checkpoint
+
+# The watched values of each network, in the order of its probe: the names they are logged under.
+_WATCHED = {"critic": ("train/critic_loss", "train/critic_grad_norm"),
+            "generator": ("train/generator_loss", "train/generator_grad_norm")}
+
+# Hyperparameters that decide the shapes of the weights, with the flag that sets each.
+_ARCHITECTURE_FLAGS = {
+    "image_shape": "`--data.image_size` (and the data's channels)",
+    "latent_dim": "`--model.latent_dim`",
+    "generator_width": "`--model.generator_width`",
+    "critic_width": "`--model.critic_width`",
+    "critic_norm": "`--model.critic_norm`",
+    "spectral_norm": "`--model.spectral_norm`",
+    "ema_decay": "`--model.ema_decay` (an EMA generator or none)",
+}
+
+_ADVICE = "Lower `--model.lr` (or `--model.critic_lr`/`--model.generator_lr`), or for WGAN-GP check `--model.gp_weight`."
+
+
+class RunIntegrity(LightningModule):
+    """The run-integrity half of :class:`~gan_modules.base.GANModule`; see the module docstring.
+
+    The algorithm calls :meth:`watch_finite` after each optimiser step and :meth:`check_finite_if_due`
+    after each batch; its checkpoint hooks call :meth:`guard_checkpoint_save`,
+    :meth:`check_checkpoint_fits` and :meth:`restore_run_state`. Expects the hyperparameters
+    ``check_finite_every_n_steps`` and the keys of ``_ARCHITECTURE_FLAGS``, and ``critic_steps``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._train_rng: torch.Generator | None = None
+        self._train_rng_state: Tensor | None = None  # a saved state, installed at the first use
+        # Per network, (loss, gradient norm) * 0 summed over steps on the device: NaN once either was
+        # non-finite. Read back only at the finiteness checks.
+        self._finite_probes: dict[str, Tensor] = {}
+        self._checked_through = 0  # critic step of the last finiteness check that passed
+        # The newest checkpoint this module saved (checked finite) or was restored from: (how, critic step).
+        self._last_checkpoint: tuple[str, int] | None = None
+
+    def setup(self, stage: str) -> None:
+        check_strategy(self.trainer.strategy)
+
+    # --- randomness per rank -------------------------------------------------------------------
+
+    @property
+    def train_rng(self) -> torch.Generator:
+        """The generator of the training noise on this rank, seeded ``PL_GLOBAL_SEED + rank``."""
+        if self._train_rng is None or self._train_rng.device != self.device:
+            rng = torch.Generator(device=self.device)
+            if self._train_rng_state is not None:
+                # A fresh, contiguous uint8 tensor of its own: checkpoints written before the fix hold
+                # views with a storage offset, which set_state cannot take.
+                rng.set_state(self._train_rng_state.detach().to("cpu", torch.uint8).clone().contiguous())
+            elif self._train_rng is not None:
+                rng.set_state(self._train_rng.get_state())
+            else:
+                rng.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed())) + self.global_rank)
+            self._train_rng, self._train_rng_state = rng, None
+        return self._train_rng
+
+    def _gather_rng_states(self) -> list[Tensor]:
+        """Every rank's training-RNG state (called on all ranks, as checkpoints are saved)."""
+        state = self.train_rng.get_state()
+        if self._trainer is None or self.trainer.world_size == 1:
+            return [state]
+        gathered = self.all_gather(state.to(self.device))  # (world_size, state_bytes)
+        # Clones: on a CPU each row is a view into one storage, torch.save keeps it so, and
+        # Generator.set_state on a view with a storage offset crashes libtorch.
+        return [row.cpu().clone() for row in gathered]
+
+    def on_validation_end(self) -> None:
+        # DDP gives every rank rank 0's buffers (batch-norm statistics, spectral-norm vectors, the
+        # EMA's) at each training forward, except the first after a validation, whose no-grad
+        # forwards switch that off once. A run resumed after a validation starts from rank 0's
+        # buffers (the checkpoint's), so the uninterrupted run must too: broadcast them here.
+        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            for buffer in self.buffers():
+                dist.broadcast(buffer, src=0)
+
+    # --- the finiteness guard ------------------------------------------------------------------
+
+    def watch_finite(self, network: str, loss: Tensor, grad_norm: Tensor) -> None:
+        """Fold this step's loss and gradient norm of ``network`` (``critic`` or ``generator``) into
+        its probe, on the device, without a read-back."""
+        # A finite loss can still have an overflowing gradient, which would poison the weights and the
+        # optimiser's moments at this step; under a GradScaler it cannot (the scaler skips the step and
+        # lowers its scale, a normal event), so there only the loss is watched. x * 0 is 0 for a
+        # finite x and NaN otherwise, and a sum with a NaN stays NaN.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        watched = torch.zeros_like(grad_norm) if scaled else grad_norm
+        probe = torch.stack([loss.detach().float(), watched.float()]).mul_(0)
+        previous = self._finite_probes.get(network)
+        self._finite_probes[network] = probe if previous is None else previous.add_(probe)
+
+    def check_finite_if_due(self) -> None:
+        """Run the finiteness check every ``check_finite_every_n_steps`` critic steps (``None``: at
+        the log interval, when the logs wait for the device anyway)."""
+        every = self.hparams.check_finite_every_n_steps
+        every = self.trainer.log_every_n_steps if every is None else every
+        if every and self.critic_steps % every == 0:
+            self._raise_if_nonfinite()
+
+    def _raise_if_nonfinite(self) -> None:
+        """Raise on every rank together if any rank saw a non-finite loss or gradient norm since the
+        last check (one read-back from the device)."""
+        zeros = torch.zeros(2, device=self.device)
+        probes = torch.cat([self._finite_probes.get(network, zeros).to(self.device) for network in _WATCHED])
+        bad = (~torch.isfinite(probes)).float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        first, self._checked_through = self._checked_through + 1, self.critic_steps
+        names = [name for pair in _WATCHED.values() for name in pair]
+        for name, is_bad in zip(names, bad.tolist()):
+            if is_bad:
+                when = (f"at critic step {self.critic_steps}" if first >= self.critic_steps else
+                        f"between critic steps {first} and {self.critic_steps} (checked every "
+                        f"`--model.check_finite_every_n_steps` batches; 1 stops at the first)")
+                raise FloatingPointError(
+                    f"{name} became non-finite {when} (epoch {self.current_epoch}): training stopped and no "
+                    f"checkpoint was written after it. {self._last_good_checkpoint()} {_ADVICE}"
+                )
+
+    def _raise_if_state_nonfinite(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to save weights, buffers or optimiser states that hold NaN or infinity.
+
+        One ``isfinite`` reduction per tensor on the device and one read-back per save; under DDP
+        the verdict is reduced over the ranks (batch-norm buffers differ per rank), so every rank
+        raises together.
+        """
+        named = [(f"state_dict.{key}", value) for key, value in checkpoint.get("state_dict", {}).items()]
+        for index, optimizer_state in enumerate(checkpoint.get("optimizer_states", [])):
+            for param_id, param_state in optimizer_state.get("state", {}).items():
+                named += [(f"optimizer_states[{index}].state[{param_id}].{key}", value)
+                          for key, value in param_state.items()]
+        named = [(name, t) for name, t in named if isinstance(t, Tensor) and t.is_floating_point() and t.numel()]
+        if not named:
+            return
+        finite = torch.stack([torch.isfinite(t).all().to(self.device) for _, t in named])
+        bad = (~finite).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        bad = bad.bool().tolist()
+        if any(bad):
+            local = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+            where = local[0] if local else next(name for (name, _), b in zip(named, bad) if b)
+            raise FloatingPointError(
+                f"The state to be checkpointed at critic step {self.critic_steps} (epoch {self.current_epoch}) "
+                f"holds a non-finite value ({where}): training stopped and this checkpoint was not written. "
+                f"{self._last_good_checkpoint()} {_ADVICE}"
+            )
+
+    def _last_good_checkpoint(self) -> str:
+        """Which checkpoint holds a good state, truthfully: every checkpoint saved by this module was
+        checked finite, so the newest one saved or loaded is good."""
+        if self._last_checkpoint is None:
+            return ("No checkpoint was written before it, so there is no good state to resume from: "
+                    "start again without `--ckpt_path`.")
+        how, step = self._last_checkpoint
+        if how == "loaded":
+            path = self.trainer.ckpt_path if self._trainer is not None else None
+            return (f"No checkpoint was written after the one this run resumed from ({path}, critic step {step}), "
+                    f"which holds a finite state: resume from it again with `--ckpt_path {path}`.")
+        path = getattr(self.trainer.strategy.checkpoint_io, "last_saved_path", None) if self._trainer else None
+        where = f" ({path})" if path else ""  # only rank 0 writes, so only rank 0 knows the file
+        return (f"The newest checkpoint{where}, from critic step {step}, holds a finite state: resume from it with "
+                f"`--ckpt_path {path or 'last'}`.")
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``, refusing first, by name, a checkpoint of another model
+        class (its hyperparameters would otherwise reach this class's ``__init__`` as unknown arguments)."""
+        if isinstance(checkpoint_path, (str, os.PathLike)) and Path(checkpoint_path).is_file():
+            found = read_checkpoint(checkpoint_path).get("gan_state", {}).get("model")
+            if found != cls.__name__:
+                raise mismatch_error(found, cls.__name__, f" {checkpoint_path}")
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def guard_checkpoint_save(self, checkpoint: dict[str, Any]) -> list[Tensor]:
+        """Refuse a non-finite state while fitting; returns every rank's RNG state to save."""
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            self._raise_if_nonfinite()
+            self._raise_if_state_nonfinite(checkpoint)
+        self._last_checkpoint = ("saved", self.critic_steps)
+        return self._gather_rng_states()
+
+    def check_checkpoint_fits(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """Refuse a checkpoint of another model class or of other layer shapes; make the configured
+        optimiser settings replace the saved ones. Returns the checkpoint's ``gan_state``.
+
+        The model is what the configuration says (the command line wins; nothing named in a
+        checkpoint is imported).
+        """
+        source = f" {self.trainer.ckpt_path}" if self._trainer is not None and self.trainer.ckpt_path else ""
+        state = checkpoint.get("gan_state")
+        if state is None or state["model"] != type(self).__name__:
+            raise mismatch_error(state["model"] if state else None, type(self).__name__, source)
+        self._check_architecture(checkpoint.get("hyper_parameters", {}), source)
+        self._prefer_configured_optimizer_settings(checkpoint)
+        return state
+
+    def restore_run_state(self, state: dict[str, Any]) -> None:
+        """Install this rank's saved RNG state; the checkpoint counts as checked finite."""
+        self._last_checkpoint = ("loaded", self.critic_steps)
+        self._checked_through = self.critic_steps  # every checkpoint was checked finite when saved
+        rng_states = state.get("train_rng_states", [])
+        rank = self.global_rank if self._trainer is not None else 0
+        if len(rng_states) > rank:
+            self._train_rng, self._train_rng_state = None, rng_states[rank]
+
+    def _check_architecture(self, saved: dict[str, Any], source: str) -> None:
+        """Refuse, by flag, a configured value that would change the shapes of the saved weights."""
+        for name, flag in _ARCHITECTURE_FLAGS.items():
+            if name not in saved or name not in self.hparams:
+                continue
+            mine, theirs = self.hparams[name], saved[name]
+            if name == "ema_decay":  # the decay may change; having an average or not changes the weights
+                mine, theirs = mine is not None, theirs is not None
+            elif name == "image_shape":
+                mine, theirs = list(mine), list(theirs)
+            if mine != theirs:
+                raise CheckpointMismatchError(
+                    f"The checkpoint{source} was trained with {name}={saved[name]!r}, but this run is configured with "
+                    f"{self.hparams[name]!r}: set {flag} to match it (the weights' shapes depend on it), or start a "
+                    f"new run without `--ckpt_path`."
+                )
+
+    def _prefer_configured_optimizer_settings(self, checkpoint: dict[str, Any]) -> None:
+        """Lightning restores each optimiser's saved param_groups, learning rate included, which would
+        silently override `--model.lr` on a resumed run: the configured settings win, the moments stay.
+
+        Under a learning-rate schedule a group keeps its place in the schedule: its saved rate is
+        rescaled by configured / saved initial rate (the same rate when nothing changed), the
+        schedulers' saved states with it, and they take the configured length (a run continued to a
+        higher ``max_generator_steps`` decays linearly from its current rate to 0 at the new limit).
+        """
+        saved_states = checkpoint.get("optimizer_states")
+        if not saved_states or self._trainer is None:
+            return
+        configured = self.configure_optimizers()
+        optimizers, schedulers = configured if isinstance(configured, tuple) else (configured, [])
+        saved_schedulers = checkpoint.get("lr_schedulers") or []
+        if schedulers and not saved_schedulers:
+            source = f" {self.trainer.ckpt_path}" if self.trainer.ckpt_path else ""
+            raise CheckpointMismatchError(
+                f"The checkpoint{source} was trained without a learning-rate schedule, so it has no place in one: "
+                f"continue it with `--model.lr_schedule none`, or start a new run with `--model.lr_schedule linear`."
+            )
+        for index, (optimizer, saved) in enumerate(zip(optimizers, saved_states)):
+            scheduled = index < len(schedulers)
+            for group, saved_group in zip(optimizer.param_groups, saved.get("param_groups", [])):
+                rate = group["lr"]  # without a schedule: the configured rate
+                if scheduled and "initial_lr" in saved_group:
+                    rate = saved_group["lr"] * group["lr"] / saved_group["initial_lr"]
+                saved_group.update({key: value for key, value in group.items() if key != "params"})
+                saved_group["lr"] = rate
+            if scheduled and index < len(saved_schedulers):
+                saved_schedulers[index].update(
+                    base_lrs=list(schedulers[index].base_lrs),
+                    _last_lr=[group["lr"] for group in saved["param_groups"]],
+                    total_iters=schedulers[index].total_iters,
+                )
+
+def check_strategy(strategy: Any) -> None:
+    """Raise a clear error for a strategy the GAN modules cannot train with (two optimisers, manual
+    optimisation, counters and RNG states kept in the module)."""
+    if isinstance(strategy, DDPStrategy):
+        # Pinned by tests/test_lightning_internals.py: private attributes of Lightning's DDPStrategy.
+        if getattr(strategy, "_start_method", "popen") != "popen":
+            raise ValueError(
+                f"DDP with processes started by {strategy._start_method} (ddp_spawn, ddp_fork, ddp_notebook) is not "
+                f"supported: it hands the run back to the first process by pickling, and only the weights "
+                f"come back. Use `--trainer.strategy ddp_find_unused_parameters_true`, which starts one process "
+                f"per device as a script (or launch with torchrun or SLURM)."
+            )
+        kwargs = strategy._ddp_kwargs
+        if not kwargs.get("find_unused_parameters", False) or kwargs.get("static_graph", False):
+            raise ValueError(
+                "DDP must detect unused parameters to train a GAN: each of the two optimiser steps "
+                "leaves the other network without gradients. Use `--trainer.strategy "
+                "ddp_find_unused_parameters_true` (as configs/trainer/ddp.yaml does), or the "
+                "strategy's `find_unused_parameters: true` without `static_graph`."
+            )
+        if strategy._layer_sync is not None and strategy.root_device.type != "cuda":
+            raise ValueError(
+                "`--trainer.sync_batchnorm true` needs GPUs (torch's SyncBatchNorm runs on CUDA only): "
+                "drop it on CPUs, where batch-norm statistics then stay per device."
+            )
+    elif not isinstance(strategy, SingleDeviceStrategy):
+        raise ValueError(
+            f"{type(strategy).__name__} is not supported by the GAN modules (two optimisers, manual "
+            f"optimisation): use one device or `--trainer.strategy ddp_find_unused_parameters_true`."
+        )
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the configured model (another class, other layer shapes)."""
+
+
+def mismatch_error(found: str | None, expected: str, source: str = "") -> CheckpointMismatchError:
+    """The error for a checkpoint of model class ``found`` (``None``: not this project's) given to ``expected``."""
+    if found is None:
+        return CheckpointMismatchError(
+            f"The checkpoint{source} was not written by this project's GAN modules: pass `--ckpt_path` a "
+            f"checkpoint written by `train.py fit`, or start a new run without it.")
+    return CheckpointMismatchError(
+        f"The checkpoint{source} holds {found}, not {expected}: load it with the model class that wrote it "
+        f"(`--model {found}`, or its preset), or start a new run without `--ckpt_path`.")
