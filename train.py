@@ -7,27 +7,55 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from jsonargparse import ArgumentParser
-from lightning.pytorch import LightningDataModule
+from typing import Any
+
+import torch
+import yaml
+from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
 import datamodules
 import gan_modules
-from gan_modules.base import CheckpointMismatchError, GANModule, check_strategy, mismatch_error
-from gan_modules.callbacks import RunMonitor, SampleGridCallback
+from gan_modules.base import GANModule
+from gan_modules.callbacks import FIDCallback, RunMonitor, SampleGridCallback
 from gan_modules.checkpoint_io import CheckpointReadError, CheckpointWriteError, GANCheckpoint, read_checkpoint
+from gan_modules.run_integrity import CheckpointMismatchError, check_strategy, mismatch_error
+from gan_modules.sampling import load_generator_checkpoint, output_problem, write_samples
+
+
+SAMPLE_HELP = "Write images from a checkpoint's generator: a uint8 tensor file and a PNG grid beside it."
 
 
 class GANCLI(LightningCLI):
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        """LightningCLI's parser, with ``sample`` listed beside its subcommands in ``train.py --help``.
+
+        LightningCLI builds a Trainer, a model and a datamodule for each of its subcommands, all of
+        which ``sample`` has no use for, so ``main`` runs ``sample`` before LightningCLI starts; it is
+        listed here only. jsonargparse keeps its subcommands in a private attribute: should an
+        upgrade drop it, ``--help`` omits ``sample`` (tests/test_sample.py says so) and nothing else
+        changes.
+        """
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        subcommands = getattr(self.parser, "_subcommands_action", None)
+        if add_subcommands and subcommands is not None:
+            subcommands.add_subcommand("sample", ArgumentParser(description=SAMPLE_HELP), help=SAMPLE_HELP)
+
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
         # The image shape is stated once, by the data, and handed to the model.
         parser.link_arguments("data.image_shape", "model.init_args.image_shape", apply_on="instantiate")
         parser.add_lightning_class_args(GANCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
+        # FID is a group of its own, `--fid.*` (`--fid.enabled false` turns it off), so that every
+        # FID message can name a flag that exists.
+        parser.add_lightning_class_args(FIDCallback, "fid")
         parser.add_lightning_class_args(SampleGridCallback, "sample_grid")
         parser.add_lightning_class_args(RunMonitor, "run_monitor")
         # `--help` lists the models' and datamodules' arguments too, not only `--model.help CLASS`.
@@ -54,21 +82,63 @@ class GANCLI(LightningCLI):
         if found != configured:
             raise mismatch_error(found, configured, f" {ckpt_path}")
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Lightning calls every hook of every callback on every batch, so FID switched off
+        # (`--fid.enabled false`) is left out rather than carried along doing nothing.
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks = [c for c in trainer.callbacks if not (isinstance(c, FIDCallback) and not c.enabled)]
+        return trainer
+
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         if self.trainer is not None:
             check_strategy(self.trainer.strategy)  # before any process is started
 
     def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        logger = config.trainer.logger
+        # The default TensorBoard logger writes to runs/<preset>/ (build_cli leaves its name unset):
+        # the presets need no logger block of their own.
+        if getattr(logger, "init_args", None) is not None and "name" in logger.init_args \
+                and logger.init_args.name is None:
+            logger.init_args.name = _preset_name(config.get("config"))
         # Checkpoints of every run of a preset go to one folder, runs/<preset>/checkpoints, not to the
         # run's version folder, so that `--ckpt_path last` finds the latest run's last.ckpt (a new
         # run writes last-v1.ckpt beside an older last.ckpt rather than over it).
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
-        logger = config.trainer.logger
         if config.checkpoint.dirpath is None and getattr(logger, "init_args", None) is not None:
             args = logger.init_args
             if args.get("save_dir") and args.get("name"):
                 config.checkpoint.dirpath = str(Path(args.save_dir) / args.name / "checkpoints")
+        _refresh_progress_bar_at_log_interval(config.trainer)
+
+
+def _refresh_progress_bar_at_log_interval(trainer: Namespace) -> None:
+    """Give the trainer a progress bar that redraws every ``log_every_n_steps`` batches, unless the
+    bar is off or the configuration brings its own.
+
+    Lightning's default bar redraws the terminal line after every batch, a fixed host cost per step
+    of about 5 % of a small network's step on a CPU (benchmarks/step_overhead.py), for a line whose
+    figures (the batch count and rate; the metrics are in TensorBoard) change little between logs.
+    """
+    if trainer.get("enable_progress_bar") is False:
+        return
+    callbacks = trainer.get("callbacks") or []
+    if any(str(getattr(c, "class_path", "")).endswith("ProgressBar") for c in callbacks):
+        return
+    every = trainer.get("log_every_n_steps") or 50  # Lightning's default interval
+    trainer.callbacks = [*callbacks, Namespace(class_path="lightning.pytorch.callbacks.TQDMProgressBar",
+                                               init_args=Namespace(refresh_rate=every))]
+
+
+def _preset_name(config_files: list | None) -> str:
+    """The stem of the preset among the ``--config`` files: the first that sets ``model`` (trainer
+    fragments such as configs/trainer/cpu.yaml do not), else the first file; Lightning's
+    ``lightning_logs`` without one."""
+    files = [Path(path.absolute) for path in config_files or [] if getattr(path, "absolute", None)]
+    for path in files:
+        if "model" in (yaml.safe_load(path.read_text()) or {}):
+            return path.stem
+    return files[0].stem if files else "lightning_logs"
 
 
 def _class_arguments_help() -> str:
@@ -92,7 +162,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> GANCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         trainer_defaults={
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
+            # name None: the preset's name, set in GANCLI.before_instantiate_classes
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": "runs", "default_hp_metric": False, "name": None}},
             "plugins": [{"class_path": "gan_modules.checkpoint_io.AtomicCheckpointIO"}],
         },
         args=args,
@@ -100,11 +172,61 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> GANCLI:
     )
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "sample":
-        from gan_modules.sampling import main as sample_main
+def sample_parser() -> argparse.ArgumentParser:
+    """The arguments of ``train.py sample``."""
+    parser = argparse.ArgumentParser(prog="train.py sample", description=SAMPLE_HELP)
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `train.py fit`")
+    parser.add_argument("--num_samples", type=int, default=64, help="how many images (default 64)")
+    parser.add_argument("--output", default="samples.pt",
+                        help="uint8 N x C x H x W tensor file (.pt); the PNG grid goes beside it "
+                             "(default samples.pt)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latent noise (default 0)")
+    parser.add_argument("--nrow", type=int, default=8, help="images per row of the grid (default 8)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device to run the generator on")
+    return parser
 
-        sample_main(sys.argv[2:])
+
+def sample(argv: list[str]) -> None:
+    """``train.py sample ARGS``: check every argument, then write the samples (``gan_modules.sampling``).
+
+    Every problem, with an argument, the checkpoint or the output, ends the process with one line
+    ``train.py sample: error: ...`` on stderr and exit status 2, and leaves no file half-written.
+    """
+    parser = sample_parser()
+    args = parser.parse_args(argv)
+
+    def fail(message: str) -> NoReturn:
+        # parser.error's format and exit status 2, without the usage block: one line on stderr.
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    # Every argument is checked before the checkpoint is read or anything is written.
+    if args.num_samples < 1:
+        fail(f"--num_samples must be at least 1, got {args.num_samples}.")
+    if args.nrow < 1:
+        fail(f"--nrow must be at least 1, got {args.nrow}.")
+    problem = output_problem(args.output)
+    if problem is not None:
+        fail(problem)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        fail(f"--device {args.device!r} is not a device: pass `--device cpu` or `--device cuda`.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {args.device} asks for CUDA, which this machine does not have: pass `--device cpu`.")
+
+    try:
+        model = load_generator_checkpoint(args.ckpt_path, map_location=args.device)
+        grid = write_samples(model, args.num_samples, args.output, args.seed, args.nrow)
+    except (OSError, ValueError) as error:
+        fail(error.strerror if isinstance(error, OSError) and error.strerror else str(error))
+    print(f"wrote {args.num_samples} samples to {args.output} and the grid to {grid}")
+
+
+def main() -> None:
+    # `sample` reads a checkpoint and needs no Trainer, model or data, which LightningCLI would build.
+    if len(sys.argv) > 1 and sys.argv[1] == "sample":
+        sample(sys.argv[2:])
         return
     try:
         build_cli()

@@ -11,7 +11,7 @@ while it measures, and 1,000 validation images):
 
 - **project**: ``train.py``'s own CLI, built in-process with ``build_cli`` from the preset YAML
   (``configs/<preset>.yaml``), with its TensorBoard logger (to a temporary folder), checkpointing,
-  sample grids and progress bar as the preset has them, FID off (``--trainer.callbacks '[]'``),
+  sample grids and progress bar as the preset has them, FID off (``--fid.enabled false``),
   then ``trainer.fit`` as ``train.py fit`` calls it. **project, no bar** is the same with
   ``--trainer.enable_progress_bar false``.
 - **plain**: a hand-written PyTorch loop over the same networks, losses (``gan_modules.losses``,
@@ -295,7 +295,7 @@ def cli_args(preset: str, setting: str, data_dir: Path, save_dir: Path, device: 
     """The command line a user would give ``train.py fit`` for this preset and setting (FID off)."""
     args = ["--config", str(REPO / "configs" / f"{preset}.yaml"),
             "--config", str(REPO / "configs" / "trainer" / ("gpu.yaml" if device == "cuda" else "cpu.yaml")),
-            "--data.data_dir", str(data_dir), "--trainer.callbacks", "[]",
+            "--data.data_dir", str(data_dir), "--fid.enabled", "false",
             "--trainer.logger.init_args.save_dir", str(save_dir), *SETTINGS[setting]]
     if image_size is not None:
         args += ["--data.image_size", str(image_size)]

@@ -133,6 +133,9 @@ class FIDCallback(Callback):
         batch_size: generated images per generator forward and per chunk of latent vectors.
         seed: seed of the latent vectors.
         cache_dir: folder of the cached real statistics; ``None`` turns the disk cache off.
+        enabled: ``False`` (``--fid.enabled false``) turns FID off: the callback then does nothing
+            at all (no weights loaded, no pass over the real images, no ``val/fid``), so a machine
+            without the Inception weights trains without them.
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class FIDCallback(Callback):
         batch_size: int = 250,
         seed: int = 0,
         cache_dir: str | None = ".fid_cache",
+        enabled: bool = True,
     ) -> None:
         for name, value, least in (("num_samples", num_samples, 2), ("every_n_epochs", every_n_epochs, 1),
                                    ("batch_size", batch_size, 1)):
@@ -157,17 +161,20 @@ class FIDCallback(Callback):
         self.batch_size = batch_size
         self.seed = seed
         self.cache_dir = cache_dir
+        self.enabled = enabled
         self.metric: FrechetInceptionDistance | None = None
         self.real_images_processed = 0  # real images this process fed the metric (a cache hit adds none)
         self._extractor_id: str | None = None
         self._real_key: str | None = None  # key of the real statistics the metric holds now
         self._scored_step: int | None = None  # trainer.global_step of this fit's last FID
-        _warn_if_few("num_samples", num_samples, self.num_features)
+        if enabled:  # no score, nothing to be unreliable
+            _warn_if_few("num_samples", num_samples, self.num_features)
 
     # --- Lightning hooks -----------------------------------------------------------------------
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
+        # Switched off, no metric is ever built, and every hook below returns for want of one.
+        if not self.enabled or stage not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
             return
         chunks = -(-self.num_samples // self.batch_size)
         if chunks < trainer.world_size:  # a rank without samples could not compute (and would hang the rest)

@@ -1,14 +1,14 @@
-"""Writing samples from a checkpoint: ``python train.py sample``."""
+"""Writing samples from a checkpoint: the work behind ``python train.py sample``, whose arguments
+train.py parses and checks."""
 
 from __future__ import annotations
 
-import argparse
 import errno
 import inspect
 import io
 import os
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torchvision.utils import save_image
@@ -152,44 +152,3 @@ def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: 
         raise OSError(error.errno, f"Cannot write {target}: {error.strerror or error}: {fix}.") from error
     return grid_path
 
-
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="train.py sample", description="Write images from a checkpoint's generator."
-    )
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `train.py fit`")
-    parser.add_argument("--num_samples", type=int, default=64, help="how many images (default 64)")
-    parser.add_argument("--output", default="samples.pt",
-                        help="uint8 N x C x H x W tensor file (.pt); the PNG grid goes beside it "
-                             "(default samples.pt)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the latent noise (default 0)")
-    parser.add_argument("--nrow", type=int, default=8, help="images per row of the grid (default 8)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="device to run the generator on")
-    args = parser.parse_args(argv)
-
-    def fail(message: str) -> NoReturn:
-        # parser.error's format and exit status 2, without the usage block: one line on stderr.
-        parser.exit(2, f"{parser.prog}: error: {message}\n")
-
-    # Every argument is checked before the checkpoint is read or anything is written.
-    if args.num_samples < 1:
-        fail(f"--num_samples must be at least 1, got {args.num_samples}.")
-    if args.nrow < 1:
-        fail(f"--nrow must be at least 1, got {args.nrow}.")
-    problem = output_problem(args.output)
-    if problem is not None:
-        fail(problem)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        fail(f"--device {args.device!r} is not a device: pass `--device cpu` or `--device cuda`.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {args.device} asks for CUDA, which this machine does not have: pass `--device cpu`.")
-
-    try:
-        model = load_generator_checkpoint(args.ckpt_path, map_location=args.device)
-        grid = write_samples(model, args.num_samples, args.output, args.seed, args.nrow)
-    except (OSError, ValueError) as error:
-        fail(error.strerror if isinstance(error, OSError) and error.strerror else str(error))
-    print(f"wrote {args.num_samples} samples to {args.output} and the grid to {grid}")

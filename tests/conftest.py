@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+# One writer of MNIST IDX files, on the scripts' side of the import direction (tests <- scripts).
+from benchmarks.digits_to_idx import write_idx, write_random_mnist
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array in the IDX format of LeCun's MNIST files (big-endian header)."""
-    magic = 0x0800 | array.ndim  # 0x08: unsigned byte data
-    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
+__all__ = ["write_idx", "write_mnist"]
 
 
 def write_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:
     """Write the four MNIST files with random digits under ``root/MNIST/raw``; returns ``root``."""
-    rng = np.random.default_rng(seed)
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,), dtype=np.uint8))
-    return root
+    return write_random_mnist(root, n_train, n_test, seed)
 
 
 @pytest.fixture

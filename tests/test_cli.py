@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import datamodules
 import gan_modules
+from gan_modules.callbacks import FIDCallback
 from train import GANCLI, build_cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +49,19 @@ def test_every_trainer_fragment_is_parsed(fragment: Path) -> None:
     assert config.trainer.accelerator in ("cpu", "gpu", "auto")
 
 
+def test_the_default_logger_is_named_after_the_preset(tmp_path: Path) -> None:
+    # The presets carry no logger block: runs/<preset>/ comes from the --config file, also after a fragment.
+    cpu = str(ROOT / "configs" / "trainer" / "cpu.yaml")
+    built = cli(["--config", cpu, "--config", str(ROOT / "configs" / "wgan_mnist.yaml")])
+    assert (built.trainer.logger.save_dir, built.trainer.logger.name) == ("runs", "wgan_mnist")
+    assert built.trainer.logger._default_hp_metric is False
+    assert built.config.checkpoint.dirpath == str(Path("runs") / "wgan_mnist" / "checkpoints")
+    named = cli(["--config", str(ROOT / "configs" / "dcgan_mnist.yaml"),
+                 "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name", "mine"])
+    assert named.trainer.logger.name == "mine"  # a name the user gives is kept
+    assert named.config.checkpoint.dirpath == str(tmp_path / "mine" / "checkpoints")
+
+
 def test_fit_help_lists_every_hyperparameter_with_its_doc(monkeypatch, capsys) -> None:
     monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--help"])
     with pytest.raises(SystemExit):
@@ -58,10 +72,39 @@ def test_fit_help_lists_every_hyperparameter_with_its_doc(monkeypatch, capsys) -
             cls = getattr(package, name)
             assert f"=== --{key} {name} ===" in help_text
             section = help_text.split(f"=== --{key} {name} ===")[1].split("===")[0]
-            for parameter in inspect.signature(cls.__init__).parameters:
-                if parameter != "self":
-                    assert f"--{key}.{parameter} " in section, f"{name}.{parameter} missing from fit --help"
+            for parameter, default in init_parameters(cls).items():
+                assert f"--{key}.{parameter} " in section, f"{name}.{parameter} missing from fit --help"
+                entry = " ".join(section.split(f"--{key}.{parameter} ", 1)[1].split("\n  --")[0].split())
+                assert "default:" in entry, f"{name}.{parameter} has no documented default"
+                if isinstance(default, (int, float, str)) and not isinstance(default, bool):
+                    assert f"default: {default})" in entry, f"{name}.{parameter}: not its own default {default}"
     assert "Adam learning rate" in help_text and "--trainer.max_epochs" in help_text
+
+
+def init_parameters(cls: type) -> dict[str, object]:
+    """Every argument ``cls`` takes with its default for ``cls``: its own, then the shared ones its
+    ``__init__`` passes on by ``**kwargs`` to the classes above it."""
+    parameters: dict[str, object] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        signature = inspect.signature(klass.__init__).parameters.values()
+        parameters.update({p.name: p.default for p in signature if p.name not in parameters and p.name != "self"
+                           and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)})
+        if not any(p.kind == p.VAR_KEYWORD for p in signature):
+            break  # the classes above get only what this one passes them
+    return parameters
+
+
+def test_each_model_shows_its_own_defaults_of_the_shared_arguments() -> None:
+    for cls, norm, n_critic in ((gan_modules.DCGAN, "batch", 1), (gan_modules.WGANGP, "layer", 5),
+                                (gan_modules.WGAN, "batch", 5)):
+        parameters = init_parameters(cls)
+        assert len(parameters) >= 14 and "latent_dim" in parameters and "lr" in parameters
+        assert (parameters["critic_norm"], parameters["n_critic"]) == (norm, n_critic), cls.__name__
+        config = cli(["--config", str(ROOT / "configs" / "dcgan_mnist.yaml"), "--model", cls.__name__]).config
+        assert config.model.init_args.critic_norm == norm and config.model.init_args.n_critic == n_critic
+        assert config.model.init_args.latent_dim == 100  # a shared argument reaches every class
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -72,16 +115,16 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("preset, tags", [
-    ("dcgan_mnist", {"train/d_loss", "train/g_loss"}),
-    ("wgan_gp_mnist", {"train/d_loss", "train/g_loss", "train/wasserstein", "train/gradient_penalty"}),
-    ("wgan_mnist", {"train/d_loss", "train/g_loss", "train/wasserstein"}),
+    ("dcgan_mnist", {"train/critic_loss", "train/generator_loss"}),
+    ("wgan_gp_mnist", {"train/critic_loss", "train/generator_loss", "train/wasserstein", "train/gradient_penalty"}),
+    ("wgan_mnist", {"train/critic_loss", "train/generator_loss", "train/wasserstein"}),
 ])
 def test_fit_from_the_cli_then_sample(preset: str, tags: set[str], mnist_dir: Path, tmp_path: Path) -> None:
     run(["fit", "--config", str(ROOT / "configs" / f"{preset}.yaml"),
          "--data.data_dir", str(mnist_dir), "--data.batch_size", "8",
          "--model.generator_width", "8", "--model.critic_width", "8",
          "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-         "--trainer.callbacks=[]",  # no FID: Inception weights cannot be downloaded here (tests/test_fid.py)
+         "--fid.enabled", "false",  # no FID: Inception weights cannot be downloaded here (tests/test_fid.py)
          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")], cwd=tmp_path)
     run_dir = tmp_path / "runs" / preset / "version_0"
     checkpoint = tmp_path / "runs" / preset / "checkpoints" / "last.ckpt"
@@ -96,7 +139,7 @@ def test_fit_from_the_cli_then_sample(preset: str, tags: set[str], mnist_dir: Pa
     if preset == "dcgan_mnist":  # `--ckpt_path last` finds the run's last.ckpt and continues it
         run(["fit", "--config", str(ROOT / "configs" / f"{preset}.yaml"), "--data.data_dir", str(mnist_dir),
              "--data.batch_size", "8", "--model.generator_width", "8", "--model.critic_width", "8",
-             "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false", "--trainer.callbacks=[]",
+             "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false", "--fid.enabled", "false",
              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--ckpt_path", "last"], cwd=tmp_path)
         assert torch.load(checkpoint, weights_only=True)["gan_state"]["critic_steps"] == 3 * 64 // 8
 
@@ -116,3 +159,18 @@ def test_unsupported_image_size_from_the_cli(mnist_dir: Path) -> None:
 def test_n_critic_zero_from_the_cli() -> None:
     with pytest.raises(ValueError, match="n_critic must be a positive integer, got 0: set `--model.n_critic`"):
         cli(["--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"), "--model.n_critic", "0"])
+
+
+def test_the_progress_bar_redraws_at_the_log_interval_unless_configured() -> None:
+    preset = ["--config", str(ROOT / "configs" / "dcgan_mnist.yaml")]
+    assert cli(preset).trainer.progress_bar_callback.refresh_rate == 10  # the preset's log_every_n_steps
+    assert cli([*preset, "--trainer.log_every_n_steps", "7"]).trainer.progress_bar_callback.refresh_rate == 7
+    assert cli([*preset, "--trainer.enable_progress_bar", "false"]).trainer.progress_bar_callback is None
+    own = '{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 3}}'
+    assert cli([*preset, f"--trainer.callbacks+={own}"]).trainer.progress_bar_callback.refresh_rate == 3
+
+
+def test_fid_switched_off_is_not_among_the_trainers_callbacks() -> None:
+    preset = ["--config", str(ROOT / "configs" / "dcgan_mnist.yaml")]
+    assert any(isinstance(c, FIDCallback) for c in cli(preset).trainer.callbacks)
+    assert not any(isinstance(c, FIDCallback) for c in cli([*preset, "--fid.enabled", "false"]).trainer.callbacks)

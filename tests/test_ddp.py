@@ -26,7 +26,7 @@ def tiny_fit_args(preset: str, mnist_dir: Path, tmp_path: Path) -> list[str]:
             "--model.generator_width", "8", "--model.critic_width", "8", "--model.n_critic", "2",
             "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-            "--trainer.callbacks=[]",  # no FID: Inception weights cannot be downloaded here (test_fid.py)
+            "--fid.enabled", "false",  # no FID: Inception weights cannot be downloaded here (test_fid.py)
             "--trainer.callbacks+=ddp_helpers.SaveRankState", "--trainer.callbacks.dirpath", str(tmp_path / "state")]
 
 
@@ -125,7 +125,7 @@ def test_nan_on_one_rank_stops_every_rank_with_the_step(mnist_dir: Path, tmp_pat
         "--model", "ddp_helpers.NaNOnLastRank", "--checkpoint.every_n_train_steps", "1"]
     result = train(args, tmp_path)
     assert result.returncode != 0
-    assert "train/d_loss became non-finite at critic step 3" in result.stderr
+    assert "train/critic_loss became non-finite at critic step 3" in result.stderr
     assert not (tmp_path / "state").exists()  # no rank went on to finish training
     checkpoint = tmp_path / "runs" / "dcgan_mnist" / "checkpoints" / "last.ckpt"
     state = torch.load(checkpoint, weights_only=True)

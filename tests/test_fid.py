@@ -310,7 +310,7 @@ def test_fid_scores_the_state_every_fit_ends_in_exactly_once(stop: dict, at_vali
     logged = [metrics for _, metrics in logger.metrics if "val/fid" in metrics]
     assert logged[-1]["val/fid"] == pytest.approx(final[0]) and len(logged) == len(computed)
     # Where a validation runs at the final state, its FID is logged with that validation's metrics.
-    assert ("val/d_loss" in logged[-1]) == at_validation
+    assert ("val/critic_loss" in logged[-1]) == at_validation
     assert logger.hparam_metrics == [{"hp/final_fid": pytest.approx(final[0])}]
 
 
@@ -374,15 +374,32 @@ def test_inception_without_network_says_how_to_pass_local_weights(monkeypatch: p
         callback.setup(quiet_trainer(), tiny_dcgan(), "fit")
 
 
+def test_fid_switched_off_does_nothing_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(inception, "load_state_dict_from_url", offline)  # weights would be an error
+    data_dir = write_mnist(tmp_path / "data", n_train=16, n_test=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # not even "unreliable": 64 samples, 2048 features
+        callback = FIDCallback(num_samples=64, cache_dir=str(tmp_path / "cache"), enabled=False)
+    trainer = quiet_trainer(callbacks=[callback], max_epochs=1, limit_train_batches=1)
+    trainer.fit(tiny_dcgan(), mnist(data_dir))
+    results = trainer.validate(tiny_dcgan(), mnist(data_dir), verbose=False)
+    assert "val/fid" not in trainer.callback_metrics and "val/fid" not in results[0]
+    assert callback.metric is None and callback.real_images_processed == 0
+    assert not (tmp_path / "cache").exists()
+
+
 def test_inception_runs_offline_from_a_local_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch_fidelity.feature_extractor_inceptionv3 as inception
-    from torchmetrics.image.fid import NoTrainInceptionV3
 
-    with monkeypatch.context() as patch:  # random weights stand in for the real file
-        patch.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: None)
-        patch.setattr(NoTrainInceptionV3, "load_state_dict", lambda self, state: None)
-        weights = NoTrainInceptionV3(name="inception-v3-compat", features_list=["64"]).state_dict()
-    torch.save(weights, tmp_path / "inception.pth")
+    from benchmarks.fid_benchmark import random_inception_weights
+
+    # Random weights stand in for the real file.
+    weights = torch.load(random_inception_weights(tmp_path / "inception.pth"), weights_only=True)
     monkeypatch.setattr(inception, "load_state_dict_from_url", None)  # any download attempt fails
 
     data_dir = write_mnist(tmp_path / "data", n_train=8, n_test=8)

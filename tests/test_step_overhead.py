@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import step_overhead  # noqa: E402
+from benchmarks import step_overhead
 
 
 @pytest.mark.parametrize("model", ["dcgan", "wgan_gp", "wgan"])
