@@ -11,9 +11,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import NoReturn
-
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import yaml

@@ -110,6 +110,8 @@ class GANModule(RunIntegrity):
         # Also records the subclass's own arguments (lr, betas, ...): Lightning collects every
         # __init__ frame of the object.
         self.save_hyperparameters()
+        if not self.hparams.get("lr", 1.0) > 0:  # each family declares its own `lr`
+            raise ValueError(f"lr must be > 0, got {self.hparams.lr}: set `--model.lr`.")
         self.automatic_optimization = False
         self.generator = Generator(latent_dim, channels, height, generator_width)
         self.discriminator = Discriminator(channels, height, critic_width, critic_norm, spectral_norm)

@@ -29,7 +29,7 @@ class DCGAN(GANModule):
             update, as in the paper.
     """
 
-    def __init__(self, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999), **kwargs: Any) -> None:
+    def __init__(self, *, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999), **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:

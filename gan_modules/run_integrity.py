@@ -261,19 +261,17 @@ class RunIntegrity(LightningModule):
         rescaled by configured / saved initial rate (the same rate when nothing changed), the
         schedulers' saved states with it, and they take the configured length (a run continued to a
         higher ``max_generator_steps`` decays linearly from its current rate to 0 at the new limit).
+        Without a schedule (``lr_schedule none``) the configured rates apply as they are, whatever
+        the checkpoint's schedule was. Only a fit restores optimisers; ``validate`` checks nothing here.
         """
         saved_states = checkpoint.get("optimizer_states")
-        if not saved_states or self._trainer is None:
+        if not saved_states or self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
             return
         configured = self.configure_optimizers()
         optimizers, schedulers = configured if isinstance(configured, tuple) else (configured, [])
         saved_schedulers = checkpoint.get("lr_schedulers") or []
-        if schedulers and not saved_schedulers:
-            source = f" {self.trainer.ckpt_path}" if self.trainer.ckpt_path else ""
-            raise CheckpointMismatchError(
-                f"The checkpoint{source} was trained without a learning-rate schedule, so it has no place in one: "
-                f"continue it with `--model.lr_schedule none`, or start a new run with `--model.lr_schedule linear`."
-            )
+        if schedulers:
+            self._check_schedule_continues(saved_schedulers, schedulers)
         for index, (optimizer, saved) in enumerate(zip(optimizers, saved_states)):
             scheduled = index < len(schedulers)
             for group, saved_group in zip(optimizer.param_groups, saved.get("param_groups", [])):
@@ -283,11 +281,29 @@ class RunIntegrity(LightningModule):
                 saved_group.update({key: value for key, value in group.items() if key != "params"})
                 saved_group["lr"] = rate
             if scheduled and index < len(saved_schedulers):
-                saved_schedulers[index].update(
+                saved_schedulers[index].update(  # keys of torch's LRScheduler.state_dict (pinned by a test)
                     base_lrs=list(schedulers[index].base_lrs),
                     _last_lr=[group["lr"] for group in saved["param_groups"]],
                     total_iters=schedulers[index].total_iters,
                 )
+
+    def _check_schedule_continues(self, saved: list[dict[str, Any]], configured: list[Any]) -> None:
+        """Refuse a configured schedule the checkpoint has no place in, or one it already finished."""
+        source = f" {self.trainer.ckpt_path}" if self.trainer.ckpt_path else ""
+        if not saved:
+            raise CheckpointMismatchError(
+                f"The checkpoint{source} was trained without a learning-rate schedule, so it has no place in one: "
+                f"continue it with `--model.lr_schedule none`, or start a new run with `--model.lr_schedule linear`."
+            )
+        done, length = saved[0].get("last_epoch", 0), saved[0].get("total_iters", 0)
+        if done >= length and configured[0].total_iters > done:
+            raise CheckpointMismatchError(
+                f"The checkpoint{source} finished its linear decay at generator update {done}, where the learning "
+                f"rates reached 0: continued to `--model.max_generator_steps {configured[0].total_iters}` it would "
+                f"train at rate 0. Continue it with `--model.lr_schedule none` (the configured rates), or start a "
+                f"new run with the longer schedule."
+            )
+
 
 def check_strategy(strategy: Any) -> None:
     """Raise a clear error for a strategy the GAN modules cannot train with (two optimisers, manual

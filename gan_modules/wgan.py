@@ -59,6 +59,7 @@ class WGANGP(_WassersteinGAN):
 
     def __init__(
         self,
+        *,
         critic_norm: Norm = "layer",
         n_critic: int = 5,
         lr: float = 1e-4,
@@ -105,7 +106,7 @@ class WGAN(_WassersteinGAN):
             with its defaults: batch norm in the critic, as the paper's experiments had.
     """
 
-    def __init__(self, n_critic: int = 5, lr: float = 5e-5, clip_value: float = 0.01, warmup: bool = False,
+    def __init__(self, *, n_critic: int = 5, lr: float = 5e-5, clip_value: float = 0.01, warmup: bool = False,
                  **kwargs: Any) -> None:
         if clip_value <= 0:
             raise ValueError(f"clip_value must be > 0, got {clip_value}: set `--model.clip_value`.")

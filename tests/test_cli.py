@@ -49,6 +49,7 @@ def test_every_trainer_fragment_is_parsed(fragment: Path) -> None:
     assert config.trainer.accelerator in ("cpu", "gpu", "auto")
 
 
+@pytest.mark.slow
 def test_the_default_logger_is_named_after_the_preset(tmp_path: Path) -> None:
     # The presets carry no logger block: runs/<preset>/ comes from the --config file, also after a fragment.
     cpu = str(ROOT / "configs" / "trainer" / "cpu.yaml")
@@ -96,6 +97,7 @@ def init_parameters(cls: type) -> dict[str, object]:
     return parameters
 
 
+@pytest.mark.slow
 def test_each_model_shows_its_own_defaults_of_the_shared_arguments() -> None:
     for cls, norm, n_critic in ((gan_modules.DCGAN, "batch", 1), (gan_modules.WGANGP, "layer", 5),
                                 (gan_modules.WGAN, "batch", 5)):
@@ -119,6 +121,7 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     ("wgan_gp_mnist", {"train/critic_loss", "train/generator_loss", "train/wasserstein", "train/gradient_penalty"}),
     ("wgan_mnist", {"train/critic_loss", "train/generator_loss", "train/wasserstein"}),
 ])
+@pytest.mark.slow
 def test_fit_from_the_cli_then_sample(preset: str, tags: set[str], mnist_dir: Path, tmp_path: Path) -> None:
     run(["fit", "--config", str(ROOT / "configs" / f"{preset}.yaml"),
          "--data.data_dir", str(mnist_dir), "--data.batch_size", "8",
@@ -161,6 +164,7 @@ def test_n_critic_zero_from_the_cli() -> None:
         cli(["--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"), "--model.n_critic", "0"])
 
 
+@pytest.mark.slow
 def test_the_progress_bar_redraws_at_the_log_interval_unless_configured() -> None:
     preset = ["--config", str(ROOT / "configs" / "dcgan_mnist.yaml")]
     assert cli(preset).trainer.progress_bar_callback.refresh_rate == 10  # the preset's log_every_n_steps
@@ -174,3 +178,28 @@ def test_fid_switched_off_is_not_among_the_trainers_callbacks() -> None:
     preset = ["--config", str(ROOT / "configs" / "dcgan_mnist.yaml")]
     assert any(isinstance(c, FIDCallback) for c in cli(preset).trainer.callbacks)
     assert not any(isinstance(c, FIDCallback) for c in cli([*preset, "--fid.enabled", "false"]).trainer.callbacks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, norm, n_critic", [("DCGAN", "batch", 1), ("WGANGP", "layer", 5), ("WGAN", "batch", 5)])
+def test_model_help_and_print_config_show_every_argument_with_the_classs_default(
+    name, norm, n_critic, monkeypatch, capsys
+) -> None:
+    import yaml
+
+    cls = getattr(gan_modules, name)
+    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--model.help", name])
+    with pytest.raises(SystemExit):
+        main()
+    help_text = " ".join(capsys.readouterr().out.split())
+    for parameter in init_parameters(cls):
+        assert f"--model.{parameter} " in help_text, f"--model.help {name} lacks {parameter}"
+    assert f"--model.critic_norm {{batch,layer,none}} " in help_text and f"default: {norm})" in help_text
+
+    preset = str(ROOT / "configs" / "dcgan_mnist.yaml")
+    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--config", preset, "--model", name, "--print_config"])
+    with pytest.raises(SystemExit):
+        main()
+    init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert set(init_parameters(cls)) - {"image_shape"} <= set(init_args)  # image_shape comes from the data
+    assert (init_args["critic_norm"], init_args["n_critic"]) == (norm, n_critic)

@@ -50,3 +50,15 @@ def test_the_loop_state_keys_continuation_rewrites_are_still_saved(tmp_path) -> 
         assert {"processed", "completed"} <= fit_loop["epoch_loop.batch_progress"][tracker].keys()
     assert "is_last_batch" in fit_loop["epoch_loop.batch_progress"]
     assert "_batches_that_stepped" in fit_loop["epoch_loop.state_dict"]
+
+
+def test_the_scheduler_state_keys_a_resume_rescales_are_still_saved() -> None:
+    # gan_modules.run_integrity._prefer_configured_optimizer_settings edits these keys of a saved
+    # LinearLR state, and reads LightningModule._trainer (None outside a Trainer).
+    from lightning.pytorch import LightningModule
+    from torch.optim.lr_scheduler import LinearLR
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    state = LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=4).state_dict()
+    assert {"base_lrs", "_last_lr", "total_iters", "last_epoch"} <= state.keys()
+    assert LightningModule()._trainer is None

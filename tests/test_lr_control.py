@@ -33,12 +33,14 @@ class RateLog(Callback):
 
 
 class StopAtGeneratorStep(Callback):
+    """Stops the fit after generator update ``step`` and saves a checkpoint there, once."""
+
     def __init__(self, step: int, path: Path) -> None:
-        self.step, self.path = step, path
+        self.step, self.path, self.saved = step, path, False
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        if pl_module.generator_steps == self.step and not trainer.should_stop:
-            trainer.should_stop = True
+        if pl_module.generator_steps == self.step and not self.saved:
+            trainer.should_stop, self.saved = True, True
             trainer.save_checkpoint(self.path)
 
 
@@ -99,6 +101,7 @@ def test_without_a_schedule_the_rates_stay_constant(data_dir) -> None:
     assert {(c, g) for _, c, g in log.rates} == {(3e-4, 5e-5)}
 
 
+@pytest.mark.slow
 def test_a_resumed_run_with_decay_and_separate_rates_ends_bitwise_equal(data_dir, tmp_path) -> None:
     settings = dict(**TINY, n_critic=2, critic_lr=4e-4, generator_lr=1e-4, lr_schedule="linear",
                     max_generator_steps=10)  # 20 batches: stops inside the third epoch
@@ -135,11 +138,50 @@ def test_a_run_continued_to_a_higher_limit_decays_from_where_it_was_to_zero_at_t
     assert continued.generator_steps == 12 and continued.trainer.optimizers[0].param_groups[0]["lr"] == 0.0
 
 
+def test_a_changed_rate_keeps_the_runs_place_in_the_schedule(data_dir, tmp_path) -> None:
+    settings = dict(**TINY, lr_schedule="linear", max_generator_steps=8)
+    fit(DCGAN(**settings, lr=1e-3), data_dir, [StopAtGeneratorStep(4, tmp_path / "half.ckpt")])
+    log = RateLog()
+    fit(DCGAN(**settings, lr=2e-3, generator_lr=1e-3), data_dir, [log], ckpt_path=tmp_path / "half.ckpt")
+    for k, critic_lr, generator_lr in log.rates:  # the doubled critic rate, at the same place: k of 8
+        assert critic_lr == pytest.approx(2e-3 * (1 - k / 8), rel=1e-9, abs=1e-15)
+        assert generator_lr == pytest.approx(1e-3 * (1 - k / 8), rel=1e-9, abs=1e-15)
+    assert log.rates[0][:2] == (4, pytest.approx(1e-3))  # resumed at k = 4: 2e-3 * (1 - 4 / 8)
+
+
+def test_a_finished_decay_is_not_continued_at_rate_zero(data_dir, tmp_path) -> None:
+    settings = dict(**TINY, lr=1e-3, lr_schedule="linear")
+    model = DCGAN(**settings, max_generator_steps=4)
+    fit(model, data_dir, [StopAtGeneratorStep(4, tmp_path / "done.ckpt")])
+    with pytest.raises(CheckpointMismatchError, match=r"finished its linear decay at generator update 4.*"
+                                                      r"`--model.lr_schedule none`"):
+        fit(DCGAN(**settings, max_generator_steps=8), data_dir, ckpt_path=tmp_path / "done.ckpt")
+    # Continued without a schedule it trains at the configured rate; with the same limit, not at all.
+    log = RateLog()
+    fit(DCGAN(**TINY, lr=1e-3, max_generator_steps=6), data_dir, [log], ckpt_path=tmp_path / "done.ckpt")
+    assert {c for _, c, _ in log.rates} == {1e-3} and len(log.rates) == 2
+    again = DCGAN(**settings, max_generator_steps=4)
+    fit(again, data_dir, ckpt_path=tmp_path / "done.ckpt")
+    assert again.generator_steps == 4
+
+
+def test_validating_a_checkpoint_checks_no_schedule(data_dir, tmp_path) -> None:
+    fit(DCGAN(**TINY, max_generator_steps=2), data_dir, [StopAtGeneratorStep(2, tmp_path / "constant.ckpt")])
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=1)
+    model = DCGAN(**TINY, max_generator_steps=2, lr_schedule="linear")
+    trainer.validate(model, MNISTDataModule(data_dir=str(data_dir), batch_size=8), ckpt_path=tmp_path / "constant.ckpt")
+
+
 def test_linear_decay_needs_max_generator_steps() -> None:
     with pytest.raises(ValueError, match=r"set `--model.max_generator_steps`"):
         DCGAN(**TINY, lr_schedule="linear")
     with pytest.raises(ValueError, match=r"critic_lr must be > 0.*`--model.critic_lr`"):
         WGANGP(**TINY, critic_lr=0.0)
+    with pytest.raises(ValueError, match=r"lr must be > 0.*`--model.lr`"):
+        WGAN(**TINY, lr=-1e-4)
+    with pytest.raises(TypeError):  # by keyword only: a reordered signature cannot shift values
+        DCGAN(1e-3)
 
 
 def test_switching_the_schedule_on_in_a_resumed_run_is_refused(data_dir, tmp_path) -> None:
