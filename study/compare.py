@@ -34,8 +34,8 @@ in its ``checkpoints/``; ``study.report``) into ``OUT/comparison.md``, ``OUT/fid
 
 - final and best FID;
 - stability: the standard deviation of each run's FID over the last third of its evaluations, and
-  the runs that diverged: failed (a non-zero exit, as a non-finite loss causes), or ended with a
-  final FID above 2 x the run's best (``study.stats.diverged``); a failed run does not stop the study
+  the runs that diverged: failed (a non-zero exit, as a non-finite loss causes), logged no FID, or
+  ended with a final FID that is not finite or above 2 x the run's best (``study.stats.diverged``); a failed run does not stop the study
   unless every run fails;
 - generator and critic steps, seconds per epoch, images/s;
 - Spearman's rank correlation with FID, over each run's evaluations, of the Wasserstein estimate

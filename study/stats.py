@@ -50,8 +50,8 @@ def diverged(fids: Sequence[float], failed: bool, factor: float = DIVERGENCE_FAC
     best FID (it got somewhere and lost it)."""
     if failed or not fids:
         return True
-    final = fids[-1]
-    return not math.isfinite(final) or final > factor * min(fids)
+    final, finite = fids[-1], [fid for fid in fids if math.isfinite(fid)]
+    return not math.isfinite(final) or final > factor * min(finite)
 
 
 def ranks(values: Sequence[float]) -> np.ndarray:

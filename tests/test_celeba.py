@@ -307,6 +307,7 @@ REFERENCES = {  # DCGAN paper / PyTorch's tutorial; WGAN-GP's Algorithm 1
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(REFERENCES))
 def test_celeba_presets_load_with_the_references_hyperparameters(preset: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model, batch_size, hyperparameters = REFERENCES[preset]

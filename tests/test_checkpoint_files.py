@@ -261,6 +261,7 @@ def _saved_state(path: Path) -> tuple[int, int]:
     return checkpoint["global_step"], checkpoint["gan_state"]["critic_steps"]
 
 
+@pytest.mark.slow
 def test_every_n_train_steps_keeps_the_end_of_every_epoch_and_of_the_run(mnist_dir: Path, tmp_path: Path) -> None:
     record = Record()
     checkpoint = GANCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_last=True, save_top_k=-1)

@@ -14,6 +14,8 @@ import torch
 from gan_modules.run_integrity import CheckpointMismatchError
 from train import build_cli
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

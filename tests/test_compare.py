@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_digits_are_mnist_files_with_the_right_split(tmp_path: Path) -> None:
     write_digits(tmp_path, num_test=300, seed=0)
     data = MNISTDataModule(str(tmp_path), batch_size=8, download=False)
@@ -65,6 +66,7 @@ def test_timing_arithmetic() -> None:
     assert compare.max_time(3 * 86400 + 3725) == "03:01:02:05"
 
 
+@pytest.mark.slow
 def test_the_runs_load_the_digit_features_from_the_library_not_the_study(tmp_path: Path) -> None:
     # The `--fid.feature` value the study hands to every `train.py fit`, instantiated as the `--fid`
     # group does, in a fresh interpreter with the repository on its path, as `train.py` has it: the
@@ -115,6 +117,7 @@ def test_divergence_rule() -> None:
     assert stats.diverged([40, 20, math.inf], failed=False) and stats.diverged([40, math.nan], failed=False)
     assert stats.diverged([], failed=False)
     assert not stats.diverged([30, 20, 50], failed=False, factor=3.0)
+    assert stats.diverged([math.nan, 20, 41], failed=False)  # an earlier NaN does not hide the rise
 
 
 def test_ranks_average_ties() -> None:
@@ -190,6 +193,7 @@ def compare_rows(table: str) -> dict[str, list[str]]:
 MEAN_STD = r"-?[\d,]+\.?\d* ± [\d,]+\.?\d*"
 
 
+@pytest.mark.slow
 def test_compare_runs_every_model_with_every_seed_and_reports_the_statistics(tmp_path: Path) -> None:
     data = write_digits(tmp_path / "digits", num_test=40, limit=120)  # 80 train, 40 validation digits
     out = tmp_path / "compare"
@@ -233,6 +237,7 @@ def test_compare_runs_every_model_with_every_seed_and_reports_the_statistics(tmp
         compare.main(["--data_dir", str(data), "--out", str(out), "--models", "dcgan", "--seed", "0"])
 
 
+@pytest.mark.slow
 def test_a_study_whose_every_run_fails_stops_with_the_log(tmp_path: Path) -> None:
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"")  # never read: the run stops at its bad flag first
@@ -253,6 +258,7 @@ def documented_celeba_command() -> list[str]:
     return shlex.split(line)[3:]
 
 
+@pytest.mark.slow
 def test_the_documented_celeba_study_builds_each_model_on_celeba_at_64_px(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from datamodules.celeba import CelebADataModule

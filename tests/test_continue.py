@@ -18,6 +18,8 @@ from datamodules import MNISTDataModule
 from gan_modules import WGANGP
 from gan_modules.checkpoint_io import AtomicCheckpointIO
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts processes
+
 # 64 training images in batches of 8: 8 batches an epoch. With n_critic=2, b batches are b critic
 # steps, b // 2 generator steps and a global_step of b + b // 2.
 TINY = dict(latent_dim=8, generator_width=4, critic_width=4, n_critic=2)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

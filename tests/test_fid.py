@@ -179,6 +179,7 @@ def single_process_fid(data_dir: Path, **model_kwargs: object) -> float:
     return single[0]["val/fid"]
 
 
+@pytest.mark.slow
 def test_ddp_equals_one_process_and_reuses_the_cache(ddp_ranks: tuple[list[dict], Path]) -> None:
     ranks, data_dir = ddp_ranks
     expected = single_process_fid(data_dir)
@@ -193,6 +194,7 @@ def test_ddp_equals_one_process_and_reuses_the_cache(ddp_ranks: tuple[list[dict]
     assert sorted(r["cached"]["extractor_images"] for r in ranks) == [24, 26]
 
 
+@pytest.mark.slow
 def test_ddp_fid_scores_rank_zeros_moving_average(ddp_ranks: tuple[list[dict], Path]) -> None:
     ranks, data_dir = ddp_ranks
     expected = single_process_fid(data_dir, ema_decay=0.9)  # rank 0's (unskewed) average
@@ -200,6 +202,7 @@ def test_ddp_fid_scores_rank_zeros_moving_average(ddp_ranks: tuple[list[dict], P
     assert ranks[1]["ema"]["ema_buffers"] == ranks[0]["ema"]["ema_buffers"]  # broadcast from rank 0
 
 
+@pytest.mark.slow
 def test_ddp_fid_at_the_end_of_a_fit_without_validation(ddp_ranks: tuple[list[dict], Path]) -> None:
     ranks, _ = ddp_ranks
     for rank in ranks:  # both ranks computed, together, once, for the final state
@@ -393,6 +396,7 @@ def test_fid_switched_off_does_nothing_at_all(tmp_path: Path, monkeypatch: pytes
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_inception_runs_offline_from_a_local_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch_fidelity.feature_extractor_inceptionv3 as inception
 

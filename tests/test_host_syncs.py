@@ -16,6 +16,8 @@ from lightning.pytorch import Callback
 from conftest import write_mnist
 from train import build_cli
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts processes
+
 ROOT = Path(__file__).resolve().parents[1]
 READ_BACKS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
 

@@ -185,6 +185,7 @@ def test_trains_and_validates_a_dcgan_from_the_cache(folder: Path) -> None:
 
 # --- errors --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_unreadable_files_are_skipped_with_one_warning_naming_them(folder: Path) -> None:
     broken = folder / "a" / "01.jpg"
     broken.write_bytes(broken.read_bytes()[:300])  # truncated

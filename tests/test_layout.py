@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("gan_modules", "datamodules")
-SCRIPTS = ("train", "study", "benchmarks", "compare")
+SCRIPTS = ("train", "study", "benchmarks")
 TESTS = {"tests", *(p.stem for p in (ROOT / "tests").glob("*.py"))}  # conftest, ddp_helpers, test_*
 
 

@@ -168,6 +168,7 @@ def test_a_corrupt_file_is_named_with_what_is_wrong(mnist_dir, name, corrupt, wh
     assert "download failed" not in message and "`--data.download true`" in message
 
 
+@pytest.mark.slow
 def test_a_download_that_gives_a_corrupt_file_names_it(tmp_path, monkeypatch) -> None:
     def download_truncated(self) -> None:  # torchvision's download, leaving a cut-short image file
         write_mnist(tmp_path)

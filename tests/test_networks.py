@@ -51,6 +51,7 @@ def test_critic_norm_choices() -> None:
     assert torch.allclose(layer(x)[:1], layer(x[:1]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_spectral_norm_bounds_each_convolution() -> None:
     torch.manual_seed(0)
     critic = Discriminator(1, 16, width=4, norm="none", spectral_norm=True)

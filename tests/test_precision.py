@@ -56,6 +56,7 @@ def assert_finite_run(model: LightningModule, losses: list[torch.Tensor]) -> Non
     assert all(torch.isfinite(t).all() for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [DCGAN, WGANGP, WGAN])
 def test_bf16_mixed_fit_has_finite_losses_and_weights(cls, mnist_dir: Path, monkeypatch) -> None:
     model, trainer, losses, forwards = short_fit(cls, mnist_dir, monkeypatch, precision="bf16-mixed")
@@ -76,6 +77,7 @@ def test_16_mixed_on_cpu_becomes_bf16_mixed_in_lightning() -> None:
     assert trainer.precision_plugin.precision == "bf16-mixed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [DCGAN, WGANGP, WGAN])
 def test_16_mixed_fit_with_a_grad_scaler_has_finite_losses_and_weights(cls, mnist_dir: Path, monkeypatch) -> None:
     model, trainer, losses, forwards = short_fit(cls, mnist_dir, monkeypatch,

@@ -19,6 +19,8 @@ from gan_modules import DCGAN, WGAN, WGANGP
 from gan_modules.callbacks import SampleGridCallback
 from gan_modules.checkpoint_io import AtomicCheckpointIO
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts processes
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(latent_dim=8, generator_width=4, critic_width=4, n_critic=3)
 

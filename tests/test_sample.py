@@ -194,6 +194,7 @@ def test_a_checkpoint_of_no_model_of_this_project_is_refused(checkpoint: Path, t
     assert f"{other} was not written by this project's GAN modules (found model 'GANModule')" in message
 
 
+@pytest.mark.slow
 def test_sample_with_a_missing_checkpoint_names_the_flag(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "sample", "--ckpt_path", "nope.ckpt"],
                             cwd=tmp_path, capture_output=True, text=True)
@@ -225,6 +226,7 @@ def test_help_lists_sample_beside_fit_and_validate(monkeypatch: pytest.MonkeyPat
     assert "Write images from a checkpoint's generator" in listed
 
 
+@pytest.mark.slow
 def test_sample_help_documents_its_arguments() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "sample", "--help"],
                             cwd=ROOT, capture_output=True, text=True)

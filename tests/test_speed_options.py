@@ -84,6 +84,7 @@ def test_channels_last_trains_the_same_weights(model_cls, mnist_dir) -> None:
     assert_same_weights(default, channels_last, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compile_trains_the_same_weights_and_keeps_the_checkpoint_keys(mnist_dir) -> None:
     # WGAN-GP: the compiled networks, and the penalty's double backward through the plain forward.
     eager, compiled = fitted_pair(WGANGP, mnist_dir, compile=True)

@@ -9,6 +9,8 @@ import torch
 
 from benchmarks import step_overhead
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts processes
+
 
 @pytest.mark.parametrize("model", ["dcgan", "wgan_gp", "wgan"])
 def test_plain_loop_and_floor_train_what_the_preset_trains(model: str, tmp_path: Path) -> None:

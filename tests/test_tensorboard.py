@@ -15,6 +15,8 @@ from gan_modules import DCGAN, WGANGP
 from gan_modules.callbacks import FIDCallback, RunMonitor, SampleGridCallback
 from test_fid import PooledPixels
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts processes
+
 TINY = dict(image_shape=(1, 28, 28), latent_dim=8, generator_width=4, critic_width=4, n_critic=2)
 COMMON = {"train/critic_loss", "train/generator_loss", "train/critic_grad_norm", "train/generator_grad_norm",
           "train/critic_lr", "train/generator_lr", "train/critic_steps", "train/generator_steps", "train/real_score",
