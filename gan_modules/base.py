@@ -269,6 +269,12 @@ class GANModule(RunIntegrity):
         schedulers = self.lr_schedulers()
         return [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
 
+    @staticmethod
+    def mean_scores(real_scores: Tensor, fake_scores: Tensor) -> dict[str, Tensor]:
+        """The critic's mean scores of a real and a fake batch, under the names every family logs them
+        by (``train/real_score``, ``train/fake_score``)."""
+        return {"real_score": real_scores.mean(), "fake_score": fake_scores.mean()}
+
     def critic_iterations(self) -> int:
         """Critic updates due before the next generator update (constant ``n_critic`` here)."""
         return self.hparams.n_critic

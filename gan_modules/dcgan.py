@@ -35,8 +35,8 @@ class DCGAN(GANModule):
     def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
         """Discriminator: classify real as 1 and fake as 0. Returns ``loss`` and the mean logits."""
         real_logits, fake_logits = self.critic_scores(real, fake)
-        return {"loss": dcgan_discriminator_loss(real_logits, fake_logits),
-                "real_score": real_logits.mean(), "fake_score": fake_logits.mean()}
+        loss = dcgan_discriminator_loss(real_logits, fake_logits)
+        return {"loss": loss, **self.mean_scores(real_logits, fake_logits)}
 
     def generator_loss(self, fake: Tensor) -> dict[str, Tensor]:
         """Generator: make the discriminator call the fakes real (non-saturating)."""

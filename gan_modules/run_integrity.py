@@ -41,7 +41,8 @@ _ARCHITECTURE_FLAGS = {
     "ema_decay": "`--model.ema_decay` (an EMA generator or none)",
 }
 
-_ADVICE = "Lower `--model.lr` (or `--model.critic_lr`/`--model.generator_lr`), or for WGAN-GP check `--model.gp_weight`."
+_ADVICE = ("Lower `--model.lr` (or `--model.critic_lr`/`--model.generator_lr`), or for WGAN-GP check "
+           "`--model.gp_weight`.")
 
 
 class RunIntegrity(LightningModule):

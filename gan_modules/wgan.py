@@ -29,8 +29,8 @@ class _WassersteinGAN(GANModule):
     def _wasserstein(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
         """The critic's Wasserstein estimate on this batch and its mean scores on real and fake."""
         real_scores, fake_scores = self.critic_scores(real, fake)
-        return {"wasserstein": wasserstein_estimate(real_scores, fake_scores),
-                "real_score": real_scores.mean(), "fake_score": fake_scores.mean()}
+        estimate = wasserstein_estimate(real_scores, fake_scores)
+        return {"wasserstein": estimate, **self.mean_scores(real_scores, fake_scores)}
 
     def generator_loss(self, fake: Tensor) -> dict[str, Tensor]:
         """Generator: raise the critic's score of the fakes."""
