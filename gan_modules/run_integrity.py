@@ -220,13 +220,17 @@ class RunIntegrity(LightningModule):
         The model is what the configuration says (the command line wins; nothing named in a
         checkpoint is imported).
         """
-        source = f" {self.trainer.ckpt_path}" if self._trainer is not None and self.trainer.ckpt_path else ""
+        source = self._checkpoint_source()
         state = checkpoint.get("gan_state")
         if state is None or state["model"] != type(self).__name__:
             raise mismatch_error(state["model"] if state else None, type(self).__name__, source)
         self._check_architecture(checkpoint.get("hyper_parameters", {}), source)
         self._prefer_configured_optimizer_settings(checkpoint)
         return state
+
+    def _checkpoint_source(self) -> str:
+        """`` PATH`` of the checkpoint being loaded, for messages (empty outside a Trainer)."""
+        return f" {self.trainer.ckpt_path}" if self._trainer is not None and self.trainer.ckpt_path else ""
 
     def restore_run_state(self, state: dict[str, Any]) -> None:
         """Install this rank's saved RNG state; the checkpoint counts as checked finite."""
@@ -290,7 +294,7 @@ class RunIntegrity(LightningModule):
 
     def _check_schedule_continues(self, saved: list[dict[str, Any]], configured: list[Any]) -> None:
         """Refuse a configured schedule the checkpoint has no place in, or one it already finished."""
-        source = f" {self.trainer.ckpt_path}" if self.trainer.ckpt_path else ""
+        source = self._checkpoint_source()
         if not saved:
             raise CheckpointMismatchError(
                 f"The checkpoint{source} was trained without a learning-rate schedule, so it has no place in one: "

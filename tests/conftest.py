@@ -10,12 +10,24 @@ import pytest
 # One writer of MNIST IDX files, on the scripts' side of the import direction (tests <- scripts).
 from benchmarks.digits_to_idx import write_idx, write_random_mnist
 
-__all__ = ["write_idx", "write_mnist"]
+__all__ = ["assert_same_training_state", "write_idx", "write_mnist"]
 
 
 def write_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:
     """Write the four MNIST files with random digits under ``root/MNIST/raw``; returns ``root``."""
     return write_random_mnist(root, n_train, n_test, seed)
+
+
+def assert_same_training_state(model_a, optimizers_a, model_b, optimizers_b) -> None:
+    """Two runs' modules hold bitwise the same weights and buffers, and their optimisers the same states."""
+    import torch
+
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), name
+    for opt_a, opt_b in zip(optimizers_a, optimizers_b):
+        for state_a, state_b in zip(opt_a.state.values(), opt_b.state.values()):
+            for key in state_a:
+                assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
 
 
 @pytest.fixture

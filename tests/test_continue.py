@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_mnist
+from conftest import assert_same_training_state, write_mnist
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.trainer.states import RunningStage
@@ -112,12 +112,7 @@ def assert_bitwise_equal(reference, continued) -> None:
     (model_a, trainer_a, _), (model_b, trainer_b, _) = reference, continued
     assert (model_b.critic_steps, model_b.generator_steps) == (model_a.critic_steps, model_a.generator_steps)
     assert (trainer_b.global_step, trainer_b.current_epoch) == (trainer_a.global_step, trainer_a.current_epoch)
-    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
-        assert torch.equal(a, b), name
-    for opt_a, opt_b in zip(trainer_a.optimizers, trainer_b.optimizers):
-        for state_a, state_b in zip(opt_a.state.values(), opt_b.state.values()):
-            for key in state_a:
-                assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
+    assert_same_training_state(model_a, trainer_a.optimizers, model_b, trainer_b.optimizers)
 
 
 @pytest.mark.parametrize("kind, stop", [

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_training_state
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -86,12 +87,7 @@ def test_resumed_run_ends_bitwise_equal_to_the_uninterrupted_run(
     assert (resumed.critic_steps, resumed.generator_steps) == (reference.critic_steps, reference.generator_steps)
     assert resumed_trainer.global_step == reference_trainer.global_step
     assert reference.state_dict().keys() == resumed.state_dict().keys()  # the EMA generator too, if any
-    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
-    for opt_a, opt_b in zip(reference_trainer.optimizers, resumed_trainer.optimizers):
-        for state_a, state_b in zip(opt_a.state.values(), opt_b.state.values()):
-            for key in state_a:
-                assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
+    assert_same_training_state(reference, reference_trainer.optimizers, resumed, resumed_trainer.optimizers)
     assert torch.equal(grid.noise, SampleGridCallback(num_samples=4, seed=0).setup_noise(reference))
 
 
