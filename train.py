@@ -22,7 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 import datamodules
 import gan_modules
 from gan_modules.base import GANModule
-from gan_modules.callbacks import FIDCallback, RunMonitor, SampleGridCallback
+from gan_modules.callbacks import FIDCallback, RunMonitor, SampleGridCallback, skip_unused_batch_hooks
 from gan_modules.checkpoint_io import CheckpointReadError, CheckpointWriteError, GANCheckpoint, read_checkpoint
 from gan_modules.run_integrity import CheckpointMismatchError, check_strategy, mismatch_error
 from gan_modules.sampling import load_generator_checkpoint, output_problem, write_samples
@@ -82,9 +82,11 @@ class GANCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Lightning calls every hook of every callback on every batch, so FID switched off
-        # (`--fid.enabled false`) is left out rather than carried along doing nothing.
+        # (`--fid.enabled false`) is left out rather than carried along doing nothing, and the
+        # per-batch hooks a callback does not implement are skipped.
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks = [c for c in trainer.callbacks if not (isinstance(c, FIDCallback) and not c.enabled)]
+        skip_unused_batch_hooks(trainer.callbacks)
         return trainer
 
     def after_instantiate_classes(self) -> None:
@@ -111,12 +113,13 @@ class GANCLI(LightningCLI):
 
 
 def _refresh_progress_bar_at_log_interval(trainer: Namespace) -> None:
-    """Give the trainer a progress bar that redraws every ``log_every_n_steps`` batches, unless the
-    bar is off or the configuration brings its own.
+    """Give the trainer a progress bar that redraws once every ``log_every_n_steps`` batches, unless
+    the bar is off or the configuration brings its own.
 
-    Lightning's default bar redraws the terminal line after every batch, a fixed host cost per step
-    of about 5 % of a small network's step on a CPU (benchmarks/step_overhead.py), for a line whose
-    figures (the batch count and rate; the metrics are in TensorBoard) change little between logs.
+    Lightning's default bar redraws the terminal line twice after every batch, a fixed host cost per
+    step of about 5 % of a small network's step on a CPU (benchmarks/step_overhead.py), for a line
+    whose figures (the batch count and rate; the metrics are in TensorBoard) change little between
+    logs (:class:`~gan_modules.callbacks.OneDrawProgressBar`).
     """
     if trainer.get("enable_progress_bar") is False:
         return
@@ -124,7 +127,7 @@ def _refresh_progress_bar_at_log_interval(trainer: Namespace) -> None:
     if any(str(getattr(c, "class_path", "")).endswith("ProgressBar") for c in callbacks):
         return
     every = trainer.get("log_every_n_steps") or 50  # Lightning's default interval
-    trainer.callbacks = [*callbacks, Namespace(class_path="lightning.pytorch.callbacks.TQDMProgressBar",
+    trainer.callbacks = [*callbacks, Namespace(class_path="gan_modules.callbacks.OneDrawProgressBar",
                                                init_args=Namespace(refresh_rate=every))]
 
 
@@ -161,7 +164,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> GANCLI:
         auto_configure_optimizers=False,
         trainer_defaults={
             # name None: the preset's name, set in GANCLI.before_instantiate_classes
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "logger": {"class_path": "gan_modules.tensorboard.OneEventTensorBoardLogger",
                        "init_args": {"save_dir": "runs", "default_hp_metric": False, "name": None}},
             "plugins": [{"class_path": "gan_modules.checkpoint_io.AtomicCheckpointIO"}],
         },

@@ -36,7 +36,9 @@ between; periodic work (logging every ``log_every_n_steps``, the generator step 
 batches) falls into the turns in proportion, since ``--batches`` is a multiple of both. A turn's
 figure is its mean ms/batch; the table gives the median over the rounds, and each ratio is the
 median of the rounds' own ratios (the turns of one round run seconds apart, so a slow spell of a
-shared machine touches both sides of a ratio and mostly cancels).
+shared machine touches both sides of a ratio and mostly cancels), with the interquartile range of
+those ratios in brackets: the median's own uncertainty is roughly that range over the square root
+of the number of rounds.
 
 On a CPU the clock is the process's CPU time (``time.process_time``) with torch on one thread:
 time the machine gives to other processes does not count, though they still slow this one through
@@ -390,8 +392,10 @@ def table(rows: list[tuple[str, str, dict[str, list[float]]]]) -> str:
     for setting, model, figures in rows:
         m = {name: statistics.median(values) for name, values in figures.items()}
 
-        def ratio(run: str) -> str:  # the median of the rounds' own ratios, plain over ``run``
-            return f"{statistics.median(p / r for p, r in zip(figures['plain'], figures[run])):.3f}"
+        def ratio(run: str) -> str:  # the median of the rounds' own ratios, plain over ``run``, and their IQR
+            ratios = [p / r for p, r in zip(figures["plain"], figures[run])]
+            low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+            return f"{statistics.median(ratios):.3f} [{low:.2f}, {high:.2f}]"
 
         lines.append([setting, model, f"{m['plain']:.2f}", f"{m['floor']:.2f}", f"{m['project']:.2f}",
                       ratio("floor"), ratio("project"), f"{m['project, no bar']:.2f}", ratio("project, no bar")])

@@ -41,11 +41,13 @@ class GANModule(RunIntegrity):
         n_critic: critic updates per generator update.
         max_generator_steps: stop training after this many generator updates, the iteration count
             the papers report (``None``: let the trainer's ``max_epochs``/``max_steps`` decide).
-        check_finite_every_n_steps: check that the losses and gradient norms stayed finite every this
-            many batches, stopping with an error that names them (``None``: every
-            ``log_every_n_steps``, when the logs wait for the device anyway; 0: only before
-            checkpoints). Every checkpoint also checks every weight, buffer and optimiser state first,
-            so none holds a NaN or an infinity; the values are watched on the device in between.
+        check_finite_every_n_steps: every this many batches, check that every step's losses since
+            the last check and the gradient norms of each network's latest update are finite,
+            stopping with an error that names the value (``None``: every ``log_every_n_steps``, when
+            the logs wait for the device anyway; 0: only before checkpoints). The losses are kept on
+            the device in between. A non-finite gradient at a step between checks makes the weights,
+            and so the next loss, non-finite. Every checkpoint also checks every weight, buffer and
+            optimiser state first, so none holds a NaN or an infinity.
         ema_decay: keep an exponential moving average of the generator's weights and buffers,
             ``ema = decay * ema + (1 - decay) * weights`` after every generator update, and sample
             from it (grids, FID, ``sample``); ``None`` turns it off.
@@ -131,6 +133,7 @@ class GANModule(RunIntegrity):
         self.generator_steps = 0
         self._critic_steps_at_last_generator_step = 0
         self._generator_terms: dict[str, Tensor] = {}  # the latest generator update's, logged until the next
+        self._gradient_norms: tuple[int, dict[str, Tensor]] = (-1, {})  # (critic step, norms) of gradient_norms
 
     # --- the algorithm -------------------------------------------------------------------------
 
@@ -150,10 +153,10 @@ class GANModule(RunIntegrity):
         with torch.no_grad():  # so the generator takes no part in the critic's graph
             fake = self.generator(self.noise(real.shape[0], self.train_rng))
         terms = self.critic_loss(real, fake)
-        grad_norm = self._descend(optimizer, terms["loss"], "critic")
+        self._descend(optimizer, terms["loss"], "critic")
         self.critic_steps += 1
         self.on_critic_step_end()
-        return {"critic_loss": terms.pop("loss"), **terms, "critic_grad_norm": grad_norm}
+        return {"critic_loss": terms.pop("loss"), **terms}
 
     def _generator_step(self, batch_size: int, optimizer: Any) -> dict[str, Tensor]:
         """Generator: minimise the family's generator loss on a fresh fake batch."""
@@ -165,7 +168,7 @@ class GANModule(RunIntegrity):
         try:
             fake = self.generator(self.noise(batch_size, self.train_rng))
             terms = self.generator_loss(fake)
-            grad_norm = self._descend(optimizer, terms["loss"], "generator")
+            self._descend(optimizer, terms["loss"], "generator")
         finally:
             for parameter in trainable:
                 parameter.requires_grad_(True)
@@ -175,19 +178,33 @@ class GANModule(RunIntegrity):
             scheduler.step()
         if self.generator_ema is not None:
             self.generator_ema.update_parameters(self.generator)
-        return {"generator_loss": terms.pop("loss"), **terms, "generator_grad_norm": grad_norm}
+        return {"generator_loss": terms.pop("loss"), **terms}
 
-    def _descend(self, optimizer: Any, loss: Tensor, network: str) -> Tensor:
-        """One optimiser step of ``network`` ("critic" or "generator") on ``loss``; returns the gradient norm."""
-        optimizer.zero_grad(set_to_none=True)
+    def _descend(self, optimizer: Any, loss: Tensor, network: str) -> None:
+        """One optimiser step of ``network`` ("critic" or "generator") on ``loss``."""
+        optimizer.zero_grad(set_to_none=True)  # the gradients stay until this network's next step
         self.manual_backward(loss)
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         optimizer.step()
-        # Measured after the step: under `16-mixed` the GradScaler has unscaled the gradients in place
-        # by then, so this is the true norm in every precision.
-        grad_norm = torch.nn.utils.get_total_norm(grads)
-        self.watch_finite(network, loss, grad_norm)
-        return grad_norm
+        self.watch_finite(network, loss)
+
+    def gradient_norms(self) -> dict[str, Tensor]:
+        """The L2 norm of each network's gradients from its latest update, as ``critic_grad_norm`` and
+        ``generator_grad_norm`` (a network not updated yet is left out); computed once per batch.
+
+        Read from the parameters' ``.grad``, which hold a network's latest gradients until its next
+        update (the other network's step leaves them alone), and only when the logs or the
+        finiteness checks ask, not at every step. They are read after the optimiser's step: under
+        ``16-mixed`` the GradScaler has unscaled them in place by then, so these are the true norms in
+        every precision.
+        """
+        if self._gradient_norms[0] != self.critic_steps:
+            norms = {}
+            for name, network in (("critic_grad_norm", self.discriminator), ("generator_grad_norm", self.generator)):
+                grads = [p.grad for p in network.parameters() if p.grad is not None]
+                if grads:  # torch.nn.utils.get_total_norm's kernel, without its grouping by device and dtype
+                    norms[name] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            self._gradient_norms = (self.critic_steps, norms)
+        return self._gradient_norms[1]
 
     # --- logging -------------------------------------------------------------------------------
 
@@ -199,7 +216,8 @@ class GANModule(RunIntegrity):
         return bool(every) and (self.critic_steps % every == 0 or self.trainer.should_stop)
 
     def _log_terms(self, critic_terms: dict[str, Tensor]) -> None:
-        """Write the named terms to the loggers and ``trainer.callback_metrics``, in one read-back.
+        """Write the named terms (each as its mean) to the loggers and ``trainer.callback_metrics``, in
+        one read-back.
 
         Written directly, as Lightning writes a batch's metrics (same step, same ``epoch`` value),
         not through ``self.log``: Lightning's result collection costs about a millisecond of host
@@ -207,15 +225,16 @@ class GANModule(RunIntegrity):
         costs. ``callback_metrics`` still sees every value, so checkpoint monitors and early
         stopping work as usual.
         """
-        terms = {**critic_terms, **self._generator_terms}  # the generator's from its latest update
-        values = torch.stack([value.detach().float().reshape(()).to(self.device) for value in terms.values()])
+        # The generator's terms and gradient norm are those of its latest update.
+        terms = {**critic_terms, **self._generator_terms, **self.gradient_norms()}
+        values = torch.stack([value.detach().float().mean().to(self.device) for value in terms.values()])
         metrics = dict(zip((f"train/{name}" for name in terms), values.tolist()))  # waits for the device
         critic_opt, generator_opt = self.optimizers()
         metrics.update({"train/critic_steps": float(self.critic_steps),
                         "train/generator_steps": float(self.generator_steps),
                         "train/critic_lr": critic_opt.param_groups[0]["lr"],
                         "train/generator_lr": generator_opt.param_groups[0]["lr"]})
-        self.trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        self.trainer.callback_metrics.update(zip(metrics, torch.tensor(list(metrics.values())).unbind()))
         if self.trainer.is_global_zero:
             step = self.critic_steps - 1  # Lightning's step for a batch's metrics: batches before it
             for logger in self.loggers:
@@ -270,10 +289,11 @@ class GANModule(RunIntegrity):
         return [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
 
     @staticmethod
-    def mean_scores(real_scores: Tensor, fake_scores: Tensor) -> dict[str, Tensor]:
-        """The critic's mean scores of a real and a fake batch, under the names every family logs them
-        by (``train/real_score``, ``train/fake_score``)."""
-        return {"real_score": real_scores.mean(), "fake_score": fake_scores.mean()}
+    def score_terms(real_scores: Tensor, fake_scores: Tensor) -> dict[str, Tensor]:
+        """The critic's scores of a real and a fake batch as named terms, under the names every family
+        logs their means by (``train/real_score``, ``train/fake_score``). The means are taken when
+        they are logged, not at every step."""
+        return {"real_score": real_scores, "fake_score": fake_scores}
 
     def critic_iterations(self) -> int:
         """Critic updates due before the next generator update (constant ``n_critic`` here)."""
@@ -284,13 +304,14 @@ class GANModule(RunIntegrity):
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
         """The critic's objective on a real and a fake batch: ``loss`` (what it minimises) and named
-        terms (scalars such as ``real_score``, ``fake_score``), each logged as ``train/<name>``
-        (the loss as ``train/critic_loss``)."""
+        terms (tensors such as the gradient penalty, or the batch's scores from :meth:`score_terms`),
+        each logged as its mean, ``train/<name>`` (the loss as ``train/critic_loss``), at the log
+        interval only."""
         raise NotImplementedError
 
     def generator_loss(self, fake: Tensor) -> dict[str, Tensor]:
         """The generator's objective on a fake batch: ``loss`` (logged as ``train/generator_loss``) and any
-        named terms."""
+        named terms (each logged as its mean)."""
         raise NotImplementedError
 
     def score_metrics(self, real_scores: Tensor, fake_scores: Tensor) -> dict[str, Tensor]:

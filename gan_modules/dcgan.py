@@ -33,10 +33,10 @@ class DCGAN(GANModule):
         super().__init__(**kwargs)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
-        """Discriminator: classify real as 1 and fake as 0. Returns ``loss`` and the mean logits."""
+        """Discriminator: classify real as 1 and fake as 0. Returns ``loss`` and the logits (logged as their means)."""
         real_logits, fake_logits = self.critic_scores(real, fake)
         loss = dcgan_discriminator_loss(real_logits, fake_logits)
-        return {"loss": loss, **self.mean_scores(real_logits, fake_logits)}
+        return {"loss": loss, **self.score_terms(real_logits, fake_logits)}
 
     def generator_loss(self, fake: Tensor) -> dict[str, Tensor]:
         """Generator: make the discriminator call the fakes real (non-saturating)."""

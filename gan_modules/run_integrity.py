@@ -26,9 +26,10 @@ from torch import Tensor
 
 from gan_modules.checkpoint_io import read_checkpoint
 
-# The watched values of each network, in the order of its probe: the names they are logged under.
-_WATCHED = {"critic": ("train/critic_loss", "train/critic_grad_norm"),
-            "generator": ("train/generator_loss", "train/generator_grad_norm")}
+# The values the finiteness checks watch, by the names they are logged under: each network's loss at
+# every step and the gradient norms of its latest update.
+_WATCHED = ("train/critic_loss", "train/critic_grad_norm", "train/generator_loss", "train/generator_grad_norm")
+_FOLD_AT = 256  # watched losses kept per network before they are folded into one
 
 # Hyperparameters that decide the shapes of the weights, with the flag that sets each.
 _ARCHITECTURE_FLAGS = {
@@ -51,16 +52,17 @@ class RunIntegrity(LightningModule):
     The algorithm calls :meth:`watch_finite` after each optimiser step and :meth:`check_finite_if_due`
     after each batch; its checkpoint hooks call :meth:`guard_checkpoint_save`,
     :meth:`check_checkpoint_fits` and :meth:`restore_run_state`. Expects the hyperparameters
-    ``check_finite_every_n_steps`` and the keys of ``_ARCHITECTURE_FLAGS``, and ``critic_steps``.
+    ``check_finite_every_n_steps`` and the keys of ``_ARCHITECTURE_FLAGS``, ``critic_steps``, and
+    ``gradient_norms()`` (the ``critic_grad_norm`` and ``generator_grad_norm`` of each network's
+    latest update).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._train_rng: torch.Generator | None = None
         self._train_rng_state: Tensor | None = None  # a saved state, installed at the first use
-        # Per network, (loss, gradient norm) * 0 summed over steps on the device: NaN once either was
-        # non-finite. Read back only at the finiteness checks.
-        self._finite_probes: dict[str, Tensor] = {}
+        # Each network's losses since the last finiteness check, on the device, by logged name.
+        self._watched_losses: dict[str, list[Tensor]] = {}
         self._checked_through = 0  # critic step of the last finiteness check that passed
         # The newest checkpoint this module saved (checked finite) or was restored from: (how, critic step).
         self._last_checkpoint: tuple[str, int] | None = None
@@ -107,18 +109,14 @@ class RunIntegrity(LightningModule):
 
     # --- the finiteness guard ------------------------------------------------------------------
 
-    def watch_finite(self, network: str, loss: Tensor, grad_norm: Tensor) -> None:
-        """Fold this step's loss and gradient norm of ``network`` (``critic`` or ``generator``) into
-        its probe, on the device, without a read-back."""
-        # A finite loss can still have an overflowing gradient, which would poison the weights and the
-        # optimiser's moments at this step; under a GradScaler it cannot (the scaler skips the step and
-        # lowers its scale, a normal event), so there only the loss is watched. x * 0 is 0 for a
-        # finite x and NaN otherwise, and a sum with a NaN stays NaN.
-        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
-        watched = torch.zeros_like(grad_norm) if scaled else grad_norm
-        probe = torch.stack([loss.detach().float(), watched.float()]).mul_(0)
-        previous = self._finite_probes.get(network)
-        self._finite_probes[network] = probe if previous is None else previous.add_(probe)
+    def watch_finite(self, network: str, loss: Tensor) -> None:
+        """Keep this step's loss of ``network`` (``critic`` or ``generator``) for the next finiteness
+        check, on the device, without a read-back."""
+        losses = self._watched_losses.setdefault(f"train/{network}_loss", [])
+        losses.append(loss.detach())
+        if len(losses) >= _FOLD_AT:  # checks far apart (or only at checkpoints) keep a bounded list
+            # x * 0 is 0 for a finite x and NaN otherwise, and a sum with a NaN stays NaN.
+            losses[:] = [torch.stack(losses).float().mul_(0).sum()]
 
     def check_finite_if_due(self) -> None:
         """Run the finiteness check every ``check_finite_every_n_steps`` critic steps (``None``: at
@@ -129,15 +127,29 @@ class RunIntegrity(LightningModule):
             self._raise_if_nonfinite()
 
     def _raise_if_nonfinite(self) -> None:
-        """Raise on every rank together if any rank saw a non-finite loss or gradient norm since the
-        last check (one read-back from the device)."""
-        zeros = torch.zeros(2, device=self.device)
-        probes = torch.cat([self._finite_probes.get(network, zeros).to(self.device) for network in _WATCHED])
-        bad = (~torch.isfinite(probes)).float()
+        """Raise on every rank together if any rank saw a non-finite loss since the last check, or a
+        non-finite gradient norm of a network's latest update (one read-back from the device).
+
+        The losses of every step are watched, the gradients at the checks only: a finite loss with a
+        non-finite gradient at a step between two checks leaves non-finite weights (Adam's and
+        RMSprop's updates are then NaN), so the next step's loss is non-finite and the next check
+        stops the run. Under a GradScaler a non-finite gradient is a normal event (the scaler skips
+        the step and lowers its scale), so there only the losses are watched.
+        """
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        norms = {} if scaled else {f"train/{name}": norm for name, norm in self.gradient_norms().items()}
+        names, values = [], []  # the same on every rank: they step in lockstep
+        for name in _WATCHED:
+            watched = [*self._watched_losses.get(name, []), *([norms[name]] if name in norms else [])]
+            names += [name] * len(watched)
+            values += watched
+        self._watched_losses = {}
+        first, self._checked_through = self._checked_through + 1, self.critic_steps
+        if not values:
+            return
+        bad = (~torch.isfinite(torch.stack([value.float() for value in values]))).float()
         if self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce(bad, reduce_op="max")
-        first, self._checked_through = self._checked_through + 1, self.critic_steps
-        names = [name for pair in _WATCHED.values() for name in pair]
         for name, is_bad in zip(names, bad.tolist()):
             if is_bad:
                 when = (f"at critic step {self.critic_steps}" if first >= self.critic_steps else

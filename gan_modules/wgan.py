@@ -27,10 +27,10 @@ class _WassersteinGAN(GANModule):
         return self.discriminator
 
     def _wasserstein(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
-        """The critic's Wasserstein estimate on this batch and its mean scores on real and fake."""
+        """The critic's Wasserstein estimate on this batch and its scores of real and fake."""
         real_scores, fake_scores = self.critic_scores(real, fake)
         estimate = wasserstein_estimate(real_scores, fake_scores)
-        return {"wasserstein": estimate, **self.mean_scores(real_scores, fake_scores)}
+        return {"wasserstein": estimate, **self.score_terms(real_scores, fake_scores)}
 
     def generator_loss(self, fake: Tensor) -> dict[str, Tensor]:
         """Generator: raise the critic's score of the fakes."""

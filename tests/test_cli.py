@@ -56,6 +56,7 @@ def test_the_default_logger_is_named_after_the_preset(tmp_path: Path) -> None:
     built = cli(["--config", cpu, "--config", str(ROOT / "configs" / "wgan_mnist.yaml")])
     assert (built.trainer.logger.save_dir, built.trainer.logger.name) == ("runs", "wgan_mnist")
     assert built.trainer.logger._default_hp_metric is False
+    assert type(built.trainer.logger).__name__ == "OneEventTensorBoardLogger"  # one event per log call
     assert built.config.checkpoint.dirpath == str(Path("runs") / "wgan_mnist" / "checkpoints")
     named = cli(["--config", str(ROOT / "configs" / "dcgan_mnist.yaml"),
                  "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name", "mine"])
@@ -172,6 +173,44 @@ def test_the_progress_bar_redraws_at_the_log_interval_unless_configured() -> Non
     assert cli([*preset, "--trainer.enable_progress_bar", "false"]).trainer.progress_bar_callback is None
     own = '{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 3}}'
     assert cli([*preset, f"--trainer.callbacks+={own}"]).trainer.progress_bar_callback.refresh_rate == 3
+
+
+@pytest.mark.parametrize("bar_class, draws_per_update", [("TQDMProgressBar", 2), ("OneDrawProgressBar", 1)])
+def test_the_default_bar_draws_the_line_once_per_update(bar_class, draws_per_update, monkeypatch) -> None:
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gan_modules.callbacks import OneDrawProgressBar
+
+    draws: list[tuple[str, int]] = []
+    refresh = Tqdm.refresh
+    monkeypatch.setattr(Tqdm, "refresh", lambda bar, *a, **k: (draws.append((bar.desc, bar.n)), refresh(bar, *a, **k))[1])
+    bar = {"TQDMProgressBar": TQDMProgressBar, "OneDrawProgressBar": OneDrawProgressBar}[bar_class](refresh_rate=2)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                      enable_model_summary=False, callbacks=[bar])
+    images = torch.rand(24, 1, 16, 16) * 2 - 1
+    trainer.fit(gan_modules.DCGAN(image_shape=(1, 16, 16), latent_dim=8, generator_width=4, critic_width=4),
+                DataLoader(TensorDataset(images), batch_size=4))
+    counts = [n for desc, n in draws if desc.startswith("Epoch")]
+    assert (counts.count(2), counts.count(4)) == (draws_per_update, draws_per_update), counts
+
+
+def test_per_batch_hooks_a_callback_does_not_implement_are_skipped() -> None:
+    from lightning.pytorch import Callback
+
+    from gan_modules.callbacks import BATCH_HOOKS
+
+    preset = ["--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"), "--trainer.callbacks+=LearningRateMonitor"]
+    callbacks = cli(preset).trainer.callbacks
+    assert len(callbacks) >= 7  # checkpoint, grids, monitor, FID, bar, summary, the user's own; config saver later
+    for callback in callbacks:
+        for hook in BATCH_HOOKS:
+            implemented = getattr(type(callback), hook) is not getattr(Callback, hook)
+            assert (getattr(callback, hook) is None) == (not implemented), (type(callback).__name__, hook)
+    monitor = next(c for c in callbacks if type(c).__name__ == "LearningRateMonitor")
+    assert callable(monitor.on_train_batch_start)  # the user's callback keeps the hooks it implements
 
 
 def test_fid_switched_off_is_not_among_the_trainers_callbacks() -> None:

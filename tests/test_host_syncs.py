@@ -64,6 +64,14 @@ def test_the_default_path_reads_nothing_back_between_log_intervals(preset, tmp_p
             counter.count(_name)
             return _original(self, *args, **kwargs)
         monkeypatch.setattr(torch.Tensor, name, counted)
+    # The gradient norms, too, are computed for the logs and the checks only, not at every step.
+    norms_at: list[int] = []
+    foreach_norm = torch._foreach_norm
+
+    def counted_norm(*args, **kwargs):
+        norms_at.append(counter.batch)
+        return foreach_norm(*args, **kwargs)
+    monkeypatch.setattr(torch, "_foreach_norm", counted_norm)
     cli.trainer.fit(cli.model, cli.datamodule)
     monkeypatch.undo()
 
@@ -71,3 +79,4 @@ def test_the_default_path_reads_nothing_back_between_log_intervals(preset, tmp_p
     between = {batch: counter.where[batch] for batch in counter.per_batch if batch not in (9, 19)}
     assert not between, between  # batch_idx 9 and 19 are the 10th and 20th: the log interval
     assert counter.per_batch[9] > 0  # the counter sees the logging's read-backs (the finiteness check)
+    assert norms_at == [9, 9, 19, 19], norms_at  # each network's, once per log interval

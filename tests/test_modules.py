@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from gan_modules import DCGAN, WGAN, WGANGP
@@ -60,6 +60,33 @@ def test_n_critic_5_gives_10_critic_and_2_generator_updates_each_isolated(cls) -
     assert (model.critic_steps, model.generator_steps) == (10, 2)
     assert calls == (["critic"] * 5 + ["generator"]) * 2
     assert trainer.global_step == 12  # Lightning counts the optimiser steps of both networks
+
+
+@pytest.mark.parametrize("cls", [DCGAN, WGANGP, WGAN])
+def test_the_logged_gradient_norms_are_those_of_each_networks_latest_update(cls) -> None:
+    # n_critic 3 and a log at every batch: the generator's norm, also at the batches without a
+    # generator update, is that of its latest update; none is logged before its first.
+    torch.manual_seed(0)
+    model = cls(**TINY, n_critic=3)
+    latest, expected, logged = {}, [], []
+    descend = model._descend
+
+    def recording_descend(optimizer, loss, network):
+        descend(optimizer, loss, network)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        latest[f"train/{network}_grad_norm"] = torch.nn.utils.get_total_norm(grads).item()  # after the step
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            expected.append(dict(latest))
+            logged.append({name: trainer.callback_metrics[name].item() for name in latest})
+
+    model._descend = recording_descend
+    fit(model, 7, log_every_n_steps=1, callbacks=[Record()])
+    assert [sorted(row) for row in expected[:3]] == [["train/critic_grad_norm"]] * 2 + [
+        ["train/critic_grad_norm", "train/generator_grad_norm"]]
+    for want, got in zip(expected, logged, strict=True):
+        assert got == pytest.approx(want, rel=1e-6)
 
 
 def test_dcgan_updates_the_generator_after_every_batch() -> None:

@@ -109,3 +109,54 @@ def test_resuming_after_the_stop_continues_from_the_good_checkpoint(mnist_dir, t
                       enable_checkpointing=False)
     trainer.fit(model, MNISTDataModule(data_dir=str(mnist_dir), batch_size=8), ckpt_path=tmp_path / "last.ckpt")
     assert model.critic_steps == 64 // 8
+
+
+class InfiniteGeneratorGradient(DCGAN):
+    """A finite generator loss whose gradient is NaN at generator step ``at`` (sqrt'(0) is infinite)."""
+
+    def __init__(self, at: int = 3, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.at = at
+
+    def generator_loss(self, fake):
+        terms = super().generator_loss(fake)
+        if self.generator_steps + 1 == self.at:
+            terms["loss"] = terms["loss"] + (next(self.generator.parameters()) * 0).sum().sqrt()
+        return terms
+
+
+def test_a_non_finite_gradient_between_checks_stops_the_run_at_the_next_check(mnist_dir, tmp_path) -> None:
+    # Checked every 4 batches, gradients only at the checks: generator step 3's NaN gradient (batch 3)
+    # leaves NaN generator weights, so batch 4's critic loss is NaN, and the check after it stops the run.
+    model = InfiniteGeneratorGradient(at=3, check_finite_every_n_steps=4, **TINY)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                      enable_checkpointing=False)
+    with pytest.raises(FloatingPointError, match=r"train/critic_loss became non-finite between critic steps 1 and 4"):
+        trainer.fit(model, MNISTDataModule(data_dir=str(mnist_dir), batch_size=8))
+    assert model.critic_steps == 4
+
+
+class NaNLossAt(DCGAN):
+    """A NaN critic loss at critic step ``at`` only: a constant NaN added, so its gradient and the
+    weights stay finite and no later loss shows it."""
+
+    def __init__(self, at: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.at = at
+
+    def critic_loss(self, real, fake):
+        terms = super().critic_loss(real, fake)
+        if self.critic_steps + 1 == self.at:
+            terms["loss"] = terms["loss"] + torch.tensor(float("nan"))
+        return terms
+
+
+def test_checks_hundreds_of_steps_apart_still_see_an_early_nan(mnist_dir, tmp_path) -> None:
+    # 300 steps between checks: the watched losses are folded (every 256 per network) on the way.
+    model = NaNLossAt(at=5, check_finite_every_n_steps=300, **TINY)
+    trainer = Trainer(accelerator="cpu", max_steps=2 * 300, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                      enable_checkpointing=False)
+    with pytest.raises(FloatingPointError, match=r"train/critic_loss became non-finite between critic steps 1 and 300"):
+        trainer.fit(model, MNISTDataModule(data_dir=str(mnist_dir), batch_size=8))

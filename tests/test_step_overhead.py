@@ -44,4 +44,7 @@ def test_quick_run_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.strip().startswith("tiny |"))
     cells = [cell.strip() for cell in row.split("|")]
-    assert cells[1] == "wgan" and all(float(cell) > 0 for cell in cells[2:])
+    assert cells[1] == "wgan" and all(float(cell.split(" [")[0]) > 0 for cell in cells[2:])
+    ratio, spread = cells[6].split(" [")  # plain/project, the rounds' median ratio with its IQR
+    low, high = (float(x) for x in spread.rstrip("]").split(", "))
+    assert low <= float(ratio) <= high or round(low, 2) == round(float(ratio), 2)
