@@ -46,8 +46,10 @@ class GANModule(RunIntegrity):
             stopping with an error that names the value (``None``: every ``log_every_n_steps``, when
             the logs wait for the device anyway; 0: only before checkpoints). The losses are kept on
             the device in between. A non-finite gradient at a step between checks makes the weights,
-            and so the next loss, non-finite. Every checkpoint also checks every weight, buffer and
-            optimiser state first, so none holds a NaN or an infinity.
+            and so the next loss, non-finite. Under ``16-mixed`` only the losses are checked: there a
+            non-finite gradient is the GradScaler's normal signal to skip the step. Every checkpoint
+            also checks every weight, buffer and optimiser state first, so none holds a NaN or an
+            infinity.
         ema_decay: keep an exponential moving average of the generator's weights and buffers,
             ``ema = decay * ema + (1 - decay) * weights`` after every generator update, and sample
             from it (grids, FID, ``sample``); ``None`` turns it off.
@@ -133,7 +135,7 @@ class GANModule(RunIntegrity):
         self.generator_steps = 0
         self._critic_steps_at_last_generator_step = 0
         self._generator_terms: dict[str, Tensor] = {}  # the latest generator update's, logged until the next
-        self._gradient_norms: tuple[int, dict[str, Tensor]] = (-1, {})  # (critic step, norms) of gradient_norms
+        self._gradient_norms: dict[str, Tensor] | None = None  # gradient_norms' since the latest update
 
     # --- the algorithm -------------------------------------------------------------------------
 
@@ -185,26 +187,28 @@ class GANModule(RunIntegrity):
         optimizer.zero_grad(set_to_none=True)  # the gradients stay until this network's next step
         self.manual_backward(loss)
         optimizer.step()
+        self._gradient_norms = None  # new gradients: gradient_norms computes them afresh
         self.watch_finite(network, loss)
 
     def gradient_norms(self) -> dict[str, Tensor]:
         """The L2 norm of each network's gradients from its latest update, as ``critic_grad_norm`` and
-        ``generator_grad_norm`` (a network not updated yet is left out); computed once per batch.
+        ``generator_grad_norm``; a network with no update yet in this fit (also right after a
+        resume, when no gradients are loaded) is left out.
 
         Read from the parameters' ``.grad``, which hold a network's latest gradients until its next
         update (the other network's step leaves them alone), and only when the logs or the
-        finiteness checks ask, not at every step. They are read after the optimiser's step: under
-        ``16-mixed`` the GradScaler has unscaled them in place by then, so these are the true norms in
-        every precision.
+        finiteness checks ask, at most once per optimiser step, not at every step. They are read
+        after the optimiser's step: under ``16-mixed`` the GradScaler has unscaled them in place by
+        then, so these are the true norms in every precision.
         """
-        if self._gradient_norms[0] != self.critic_steps:
+        if self._gradient_norms is None:
             norms = {}
             for name, network in (("critic_grad_norm", self.discriminator), ("generator_grad_norm", self.generator)):
                 grads = [p.grad for p in network.parameters() if p.grad is not None]
                 if grads:  # torch.nn.utils.get_total_norm's kernel, without its grouping by device and dtype
                     norms[name] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            self._gradient_norms = (self.critic_steps, norms)
-        return self._gradient_norms[1]
+            self._gradient_norms = norms
+        return self._gradient_norms
 
     # --- logging -------------------------------------------------------------------------------
 

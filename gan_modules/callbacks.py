@@ -1,5 +1,6 @@
 """Callbacks that watch a run: image grids, training speed and the final hyperparameters, and FID
-(in fid.py). Each logs to TensorBoard from rank 0 at epoch boundaries, never per step."""
+(in fid.py), each logging to TensorBoard from rank 0 at epoch boundaries, never per step; the
+progress bar; and the skipping of per-batch callback hooks that nobody implements."""
 
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 - **Randomness per rank**: the training noise and the penalty's mixing coefficients come from one
   ``torch.Generator`` per rank, saved in every checkpoint, so a resumed run draws what the
   uninterrupted run would have drawn.
-- **The finiteness guard**: losses and gradient norms are watched on the device and read back only
-  at the checks; no checkpoint is written with a non-finite weight, buffer or optimiser state.
+- **The finiteness guard**: every step's losses are kept on the device and read back only at the
+  checks, with the gradient norms of each network's latest update; no checkpoint is written with a
+  non-finite weight, buffer or optimiser state.
 - **Refusals**: strategies the modules cannot train with, and checkpoints of another model class or
   of other layer shapes, each stopped by one error that names the flag to change.
 

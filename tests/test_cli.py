@@ -204,7 +204,7 @@ def test_per_batch_hooks_a_callback_does_not_implement_are_skipped() -> None:
 
     preset = ["--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"), "--trainer.callbacks+=LearningRateMonitor"]
     callbacks = cli(preset).trainer.callbacks
-    assert len(callbacks) >= 7  # checkpoint, grids, monitor, FID, bar, summary, the user's own; config saver later
+    assert len(callbacks) >= 8  # checkpoint, grids, monitor, FID, bar, summary, config saver, the user's own
     for callback in callbacks:
         for hook in BATCH_HOOKS:
             implemented = getattr(type(callback), hook) is not getattr(Callback, hook)

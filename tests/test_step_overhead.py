@@ -47,4 +47,4 @@ def test_quick_run_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert cells[1] == "wgan" and all(float(cell.split(" [")[0]) > 0 for cell in cells[2:])
     ratio, spread = cells[6].split(" [")  # plain/project, the rounds' median ratio with its IQR
     low, high = (float(x) for x in spread.rstrip("]").split(", "))
-    assert low <= float(ratio) <= high or round(low, 2) == round(float(ratio), 2)
+    assert low - 0.005 <= float(ratio) <= high + 0.005  # the range is printed to 2 decimals, the ratio to 3
