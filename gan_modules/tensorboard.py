@@ -19,8 +19,9 @@ class OneEventTensorBoardLogger(TensorBoardLogger):
     Lightning's logger writes one event per scalar, and each event costs a serialisation, a hand-off
     to the writer thread (which wakes for it) and a checksum computed in pure Python there: about
     80 µs of host time per scalar on this project's CPU, so about 1 ms for the dozen scalars a GAN
-    logs at every log interval, roughly 1 % of a small network's training time at Lightning's
-    default interval (benchmarks/step_overhead.py). One event per call costs about a fifth of that.
+    logs at every log interval, roughly 1 % of a small network's training time at the presets'
+    interval of 10 batches (benchmarks/step_overhead.py). One event per call costs about a tenth of
+    that.
     Values that are not numbers (a dict, for ``add_scalars``) go through Lightning's own path.
     """
 
