@@ -152,6 +152,7 @@ class NaNLossAt(DCGAN):
         return terms
 
 
+@pytest.mark.slow  # 300 training steps
 def test_checks_hundreds_of_steps_apart_still_see_an_early_nan(mnist_dir, tmp_path) -> None:
     # 300 steps between checks: the watched losses are folded (every 256 per network) on the way.
     model = NaNLossAt(at=5, check_finite_every_n_steps=300, **TINY)
