@@ -29,6 +29,16 @@ INCEPTION_FEATURES = (64, 192, 768, 2048)
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
 
+def metric_input(images: Tensor, as_float: bool) -> Tensor:
+    """[-1, 1] images (N, C, H, W) -> (N, 3, H, W) as the FID metric takes them, quantised as saved to
+    PNG: uint8 for Inception, floats in [0, 1] (``as_float``) for a custom feature extractor."""
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"FID needs 1- or 3-channel images, got {images.shape[1]} channels.")
+    as_uint8 = ((images.float() + 1) * 127.5).round_().clamp_(0, 255)  # as saved to PNG
+    as_uint8 = as_uint8.expand(-1, 3, -1, -1)  # grayscale -> RGB; RGB unchanged
+    return as_uint8 / 255 if as_float else as_uint8.to(torch.uint8)
+
+
 def build_fid_metric(feature: int | nn.Module = 2048, weights_path: str | None = None) -> FrechetInceptionDistance:
     """A torchmetrics FID that keeps its real statistics across ``reset()``.
 
@@ -250,13 +260,7 @@ class FIDCallback(Callback):
 
     def _metric_input(self, images: Tensor) -> Tensor:
         """[-1, 1] images (N, C, H, W) -> (N, 3, H, W): uint8 for Inception, [0, 1] floats otherwise."""
-        if images.shape[1] not in (1, 3):
-            raise ValueError(f"FID needs 1- or 3-channel images, got {images.shape[1]} channels.")
-        as_uint8 = ((images.float() + 1) * 127.5).round_().clamp_(0, 255)  # as saved to PNG
-        as_uint8 = as_uint8.expand(-1, 3, -1, -1)  # grayscale -> RGB; RGB unchanged
-        if isinstance(self.feature, nn.Module):
-            return as_uint8 / 255
-        return as_uint8.to(torch.uint8)
+        return metric_input(images, as_float=isinstance(self.feature, nn.Module))
 
     # --- real statistics -----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from datamodules import MNISTDataModule
 from gan_modules.digit_features import DigitFeatures
+from gan_modules.fid import build_fid_metric, metric_input
 
 
 def train_digit_features(data_dir: str, path: Path, epochs: int = 20, seed: int = 0) -> float:
@@ -47,11 +48,9 @@ def real_fid_floor(data_dir: str, weights: Path, num_samples: int, seed: int = 0
     """FID of ``num_samples`` real training digits (drawn without replacement) against the whole
     validation split, with ``DigitFeatures``: what a perfect generator would score with this many
     samples, the floor against which the models' FIDs read. Returns (FID, training digits used)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
     data = MNISTDataModule(data_dir, batch_size=256, download=False)
     data.setup()
-    metric = FrechetInceptionDistance(feature=DigitFeatures(str(weights)), normalize=True)
+    metric = build_fid_metric(DigitFeatures(str(weights)))  # the runs' FID with these features
     index = torch.randperm(len(data.train_set), generator=torch.Generator().manual_seed(seed))[:num_samples]
     with torch.inference_mode():
         for subset, real in ((torch.utils.data.Subset(data.train_set, index.tolist()), False), (data.val_set, True)):
@@ -61,6 +60,5 @@ def real_fid_floor(data_dir: str, weights: Path, num_samples: int, seed: int = 0
 
 
 def as_metric_input(images: Tensor) -> Tensor:
-    """[-1, 1] images (N, C, H, W) -> (N, 3, H, W) in [0, 1], quantised like FIDCallback's input."""
-    as_uint8 = ((images.float() + 1) * 127.5).round().clamp(0, 255)
-    return as_uint8.expand(-1, 3, -1, -1) / 255
+    """[-1, 1] images (N, C, H, W) -> (N, 3, H, W) in [0, 1], quantised as FIDCallback's input."""
+    return metric_input(images, as_float=True)

@@ -41,7 +41,7 @@ def last_third(values: Sequence[float]) -> list[float]:
 def late_spread(fids: Sequence[float]) -> float:
     """Stability of one run: the sample standard deviation of its FID over the last third of its
     evaluations (:func:`last_third`); NaN with fewer than two evaluations."""
-    return mean_std(last_third(fids))[1] if len(fids) >= 2 else math.nan
+    return mean_std(last_third(fids))[1]
 
 
 def diverged(fids: Sequence[float], failed: bool, factor: float = DIVERGENCE_FACTOR) -> bool:

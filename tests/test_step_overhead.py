@@ -48,3 +48,11 @@ def test_quick_run_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     ratio, spread = cells[6].split(" [")  # plain/project, the rounds' median ratio with its IQR
     low, high = (float(x) for x in spread.rstrip("]").split(", "))
     assert low - 0.005 <= float(ratio) <= high + 0.005  # the range is printed to 2 decimals, the ratio to 3
+
+
+def test_each_ratio_is_the_median_of_the_rounds_ratios_with_their_quartiles() -> None:
+    # plain/project per round: 1, 2, 3, 4 -> median 2.5, quartiles 1.25 and 3.75 (statistics' exclusive method).
+    figures = {"plain": [1.0, 2.0, 3.0, 4.0], "floor": [1.0] * 4, "project": [1.0] * 4, "project, no bar": [2.0] * 4}
+    row = step_overhead.table([("tiny", "wgan", figures)]).splitlines()[1]
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[5:7] == ["2.500 [1.25, 3.75]", "2.500 [1.25, 3.75]"] and cells[8] == "1.250 [0.62, 1.88]"
