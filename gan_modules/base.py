@@ -131,6 +131,7 @@ class GANModule(RunIntegrity):
         if compile:  # lazily, at the first forward; nn.Module.compile keeps the state-dict keys
             self.generator.compile()
             self.discriminator.compile()
+        self._image_shape, self._channels_last = tuple(image_shape), channels_last  # checked at every batch
         self.critic_steps = 0
         self.generator_steps = 0
         self._critic_steps_at_last_generator_step = 0
@@ -195,19 +196,23 @@ class GANModule(RunIntegrity):
         ``generator_grad_norm``; a network with no update yet in this fit (also right after a
         resume, when no gradients are loaded) is left out.
 
-        Read from the parameters' ``.grad``, which hold a network's latest gradients until its next
+        Read from the ``.grad`` of the parameters each network's optimiser updates (its parameter
+        groups: no walk of the modules), which hold a network's latest gradients until its next
         update (the other network's step leaves them alone), and only when the logs or the
         finiteness checks ask, at most once per optimiser step, not at every step. They are read
         after the optimiser's step: under ``16-mixed`` the GradScaler has unscaled them in place by
         then, so these are the true norms in every precision.
         """
         if self._gradient_norms is None:
-            norms = {}
-            for name, network in (("critic_grad_norm", self.discriminator), ("generator_grad_norm", self.generator)):
-                grads = [p.grad for p in network.parameters() if p.grad is not None]
-                if grads:  # torch.nn.utils.get_total_norm's kernel, without its grouping by device and dtype
-                    norms[name] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            self._gradient_norms = norms
+            grads = {name: [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+                     for name, optimizer in zip(("critic_grad_norm", "generator_grad_norm"), self.optimizers())}
+            # torch.nn.utils.get_total_norm's kernel, without its grouping by device and dtype: one
+            # per-tensor norm kernel for both networks, then each network's norm of its tensors' norms.
+            every = [grad for network_grads in grads.values() for grad in network_grads]
+            per_tensor = iter(torch._foreach_norm(every) if every else [])
+            self._gradient_norms = {
+                name: torch.linalg.vector_norm(torch.stack([next(per_tensor) for _ in network_grads]))
+                for name, network_grads in grads.items() if network_grads}
         return self._gradient_norms
 
     # --- logging -------------------------------------------------------------------------------
@@ -231,7 +236,8 @@ class GANModule(RunIntegrity):
         """
         # The generator's terms and gradient norm are those of its latest update.
         terms = {**critic_terms, **self._generator_terms, **self.gradient_norms()}
-        values = torch.stack([value.detach().float().mean().to(self.device) for value in terms.values()])
+        with torch.no_grad():  # float32 means (a batch's scores) in one stack, with no autograd graph
+            values = torch.stack([value.mean(dtype=torch.float32) if value.ndim else value for value in terms.values()])
         metrics = dict(zip((f"train/{name}" for name in terms), values.tolist()))  # waits for the device
         critic_opt, generator_opt = self.optimizers()
         metrics.update({"train/critic_steps": float(self.critic_steps),
@@ -370,13 +376,13 @@ class GANModule(RunIntegrity):
 
     def _real_images(self, batch: Any) -> Tensor:
         real = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if tuple(real.shape[1:]) != tuple(self.hparams.image_shape):
+        if real.shape[1:] != self._image_shape:
             raise ValueError(
                 f"The data gives images of shape {tuple(real.shape[1:])} but {type(self).__name__} was "
                 f"built for image_shape {tuple(self.hparams.image_shape)}. Let train.py link "
                 f"`data.image_shape` to the model, or set `--model.image_shape` to match the data."
             )
-        return real.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else real
+        return real.contiguous(memory_format=torch.channels_last) if self._channels_last else real
 
     # --- checkpoints ---------------------------------------------------------------------------
 

@@ -148,9 +148,9 @@ class RunIntegrity(LightningModule):
         first, self._checked_through = self._checked_through + 1, self.critic_steps
         if not values:
             return
-        bad = (~torch.isfinite(torch.stack([value.float() for value in values]))).float()
+        bad = torch.isfinite(torch.stack(values)).logical_not_()  # the stack promotes half-precision losses
         if self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+            bad = self.trainer.strategy.reduce(bad.float(), reduce_op="max")
         for name, is_bad in zip(names, bad.tolist()):
             if is_bad:
                 when = (f"at critic step {self.critic_steps}" if first >= self.critic_steps else

@@ -187,7 +187,7 @@ def test_the_default_bar_draws_the_line_once_per_update(bar_class, draws_per_upd
     draws: list[tuple[str, int]] = []
     refresh = Tqdm.refresh
     monkeypatch.setattr(Tqdm, "refresh", lambda bar, *a, **k: (draws.append((bar.desc, bar.n)), refresh(bar, *a, **k))[1])
-    bar = {"TQDMProgressBar": TQDMProgressBar, "OneDrawProgressBar": OneDrawProgressBar}[bar_class](refresh_rate=2)
+    bar = TQDMProgressBar(refresh_rate=2) if bar_class == "TQDMProgressBar" else OneDrawProgressBar(2, min_interval=0)
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_model_summary=False, callbacks=[bar])
     images = torch.rand(24, 1, 16, 16) * 2 - 1
@@ -195,6 +195,32 @@ def test_the_default_bar_draws_the_line_once_per_update(bar_class, draws_per_upd
                 DataLoader(TensorDataset(images), batch_size=4))
     counts = [n for desc, n in draws if desc.startswith("Epoch")]
     assert (counts.count(2), counts.count(4)) == (draws_per_update, draws_per_update), counts
+
+
+def test_the_default_bar_draws_at_most_every_min_interval_and_keeps_the_count(monkeypatch) -> None:
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import gan_modules.callbacks as callbacks
+
+    clock = iter(range(1000))
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: 0.5 * next(clock))  # half a second per reading
+    draws = []
+    refresh = Tqdm.refresh
+    monkeypatch.setattr(Tqdm, "refresh", lambda bar, *a, **k: (draws.append((bar.desc, bar.n)), refresh(bar, *a, **k))[1])
+    bar = callbacks.OneDrawProgressBar(refresh_rate=1, min_interval=1.0)
+    # 10 batches an epoch; DCGAN steps twice per batch, so max_steps 11 stops the run after batch 6.
+    trainer = Trainer(accelerator="cpu", max_steps=11, logger=False, enable_checkpointing=False,
+                      enable_model_summary=False, limit_val_batches=0, callbacks=[bar])
+    images = torch.rand(40, 1, 16, 16) * 2 - 1
+    trainer.fit(gan_modules.DCGAN(image_shape=(1, 16, 16), latent_dim=8, generator_width=4, critic_width=4),
+                DataLoader(TensorDataset(images), batch_size=4))
+    # The clock is read to decide and again after a draw: the bar draws at batches 1, 3 and 5, a second
+    # apart, and the epoch's closing line shows the batch the run stopped at, 6, not the last drawn.
+    assert [n for desc, n in draws if desc.startswith("Epoch") and n] == [1, 3, 5, 6], draws
+    with pytest.raises(ValueError, match="min_interval must be >= 0 seconds, got -1: give 0"):
+        callbacks.OneDrawProgressBar(min_interval=-1)
 
 
 def test_per_batch_hooks_a_callback_does_not_implement_are_skipped() -> None:
