@@ -113,8 +113,8 @@ class GANCLI(LightningCLI):
 
 
 def _refresh_progress_bar_at_log_interval(trainer: Namespace) -> None:
-    """Give the trainer a progress bar that redraws once every ``log_every_n_steps`` batches, unless
-    the bar is off or the configuration brings its own.
+    """Give the trainer a progress bar that redraws once every ``log_every_n_steps`` batches, and at
+    most every quarter of a second, unless the bar is off or the configuration brings its own.
 
     Lightning's default bar redraws the terminal line twice after every batch, a fixed host cost per
     step of about 5 % of a small network's step on a CPU (benchmarks/step_overhead.py), for a line

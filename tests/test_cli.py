@@ -173,6 +173,10 @@ def test_the_progress_bar_redraws_at_the_log_interval_unless_configured() -> Non
     assert cli([*preset, "--trainer.enable_progress_bar", "false"]).trainer.progress_bar_callback is None
     own = '{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 3}}'
     assert cli([*preset, f"--trainer.callbacks+={own}"]).trainer.progress_bar_callback.refresh_rate == 3
+    own = '{"class_path": "gan_modules.callbacks.OneDrawProgressBar", "init_args": {"min_interval": 0}}'
+    bar = cli([*preset, f"--trainer.callbacks+={own}"]).trainer.progress_bar_callback
+    assert (bar.refresh_rate, bar.min_interval) == (1, 0)
+    assert cli(preset).trainer.progress_bar_callback.min_interval == 0.25  # the default bar's
 
 
 @pytest.mark.parametrize("bar_class, draws_per_update", [("TQDMProgressBar", 2), ("OneDrawProgressBar", 1)])
