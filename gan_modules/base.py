@@ -194,7 +194,7 @@ class GANModule(RunIntegrity):
     def gradient_norms(self) -> dict[str, Tensor]:
         """The L2 norm of each network's gradients from its latest update, as ``critic_grad_norm`` and
         ``generator_grad_norm``; a network with no update yet in this fit (also right after a
-        resume, when no gradients are loaded) is left out.
+        resume, when no gradients are loaded, and outside a fit) is left out.
 
         Read from the ``.grad`` of the parameters each network's optimiser updates (its parameter
         groups: no walk of the modules), which hold a network's latest gradients until its next
@@ -205,7 +205,8 @@ class GANModule(RunIntegrity):
         """
         if self._gradient_norms is None:
             grads = {name: [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-                     for name, optimizer in zip(("critic_grad_norm", "generator_grad_norm"), self.optimizers())}
+                     for name, optimizer in zip(("critic_grad_norm", "generator_grad_norm"),
+                                                self.optimizers() if self._trainer is not None else [])}
             # torch.nn.utils.get_total_norm's kernel, without its grouping by device and dtype: one
             # per-tensor norm kernel for both networks, then each network's norm of its tensors' norms.
             every = [grad for network_grads in grads.values() for grad in network_grads]

@@ -41,6 +41,9 @@ def skip_unused_batch_hooks(callbacks: list[Callback]) -> None:
                 setattr(callback, hook, None)
 
 
+_monotonic = time.monotonic  # the progress bar's clock (a test replaces it, not the stdlib's)
+
+
 def _tensorboard(trainer: Trainer) -> Any | None:
     """The logger's SummaryWriter on rank 0, or ``None`` (other ranks, other loggers)."""
     experiment = getattr(trainer.logger, "experiment", None) if trainer.is_global_zero else None
@@ -178,7 +181,7 @@ class OneDrawProgressBar(TQDMProgressBar):
 
     def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False,
                  min_interval: float = 0.25) -> None:
-        if min_interval < 0:
+        if not min_interval >= 0:  # NaN too
             raise ValueError(f"OneDrawProgressBar's min_interval must be >= 0 seconds, got {min_interval}: give 0 to "
                              f"draw at every refresh_rate-th batch.")
         super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
@@ -191,6 +194,6 @@ class OneDrawProgressBar(TQDMProgressBar):
         if bar is None or not self.is_enabled:
             return
         bar.n = n  # no draw: tqdm draws only when told to
-        if n == bar.total or (n % self.refresh_rate == 0 and time.monotonic() - self._drawn_at >= self.min_interval):
+        if n == bar.total or (n % self.refresh_rate == 0 and _monotonic() - self._drawn_at >= self.min_interval):
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # draws the line (tqdm's refresh=True)
-            self._drawn_at = time.monotonic()
+            self._drawn_at = _monotonic()

@@ -209,7 +209,7 @@ def test_the_default_bar_draws_at_most_every_min_interval_and_keeps_the_count(mo
     import gan_modules.callbacks as callbacks
 
     clock = iter(range(1000))
-    monkeypatch.setattr(callbacks.time, "monotonic", lambda: 0.5 * next(clock))  # half a second per reading
+    monkeypatch.setattr(callbacks, "_monotonic", lambda: 0.5 * next(clock))  # half a second per reading
     draws = []
     refresh = Tqdm.refresh
     monkeypatch.setattr(Tqdm, "refresh", lambda bar, *a, **k: (draws.append((bar.desc, bar.n)), refresh(bar, *a, **k))[1])
@@ -223,8 +223,9 @@ def test_the_default_bar_draws_at_most_every_min_interval_and_keeps_the_count(mo
     # The clock is read to decide and again after a draw: the bar draws at batches 1, 3 and 5, a second
     # apart, and the epoch's closing line shows the batch the run stopped at, 6, not the last drawn.
     assert [n for desc, n in draws if desc.startswith("Epoch") and n] == [1, 3, 5, 6], draws
-    with pytest.raises(ValueError, match="min_interval must be >= 0 seconds, got -1: give 0"):
-        callbacks.OneDrawProgressBar(min_interval=-1)
+    for bad in (-1, float("nan")):
+        with pytest.raises(ValueError, match=f"min_interval must be >= 0 seconds, got {bad}: give 0"):
+            callbacks.OneDrawProgressBar(min_interval=bad)
 
 
 def test_per_batch_hooks_a_callback_does_not_implement_are_skipped() -> None:

@@ -68,6 +68,8 @@ def test_the_logged_gradient_norms_are_those_of_each_networks_latest_update(cls)
     # generator update, is that of its latest update; none is logged before its first.
     torch.manual_seed(0)
     model = cls(**TINY, n_critic=3)
+    assert model.gradient_norms() == {}  # outside a fit: no update yet
+    model._gradient_norms = None
     latest, expected, logged = {}, [], []
     descend = model._descend
 
