@@ -190,9 +190,9 @@ class OneDrawProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        bar, n = self.train_progress_bar, batch_idx + 1
-        if bar is None or not self.is_enabled:
+        if not self.is_enabled:
             return
+        bar, n = self.train_progress_bar, batch_idx + 1  # set at on_train_start (the property raises if not)
         bar.n = n  # no draw: tqdm draws only when told to
         if n == bar.total or (n % self.refresh_rate == 0 and _monotonic() - self._drawn_at >= self.min_interval):
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # draws the line (tqdm's refresh=True)
