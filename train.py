@@ -213,8 +213,10 @@ def sample(argv: list[str]) -> None:
         device = torch.device(args.device)
     except RuntimeError:
         fail(f"--device {args.device!r} is not a device: pass `--device cpu` or `--device cuda`.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {args.device} asks for CUDA, which this machine does not have: pass `--device cpu`.")
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= found:
+        choices = "`--device cpu`" + (f" or `--device cuda:N` with N from 0 to {found - 1}" if found else "")
+        fail(f"--device {args.device} is not a CUDA device of this machine ({found} found): pass {choices}.")
 
     try:
         model = load_generator_checkpoint(args.ckpt_path, map_location=args.device)

@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     Raises:
         CheckpointReadError: with one line naming the file and what is wrong with it, and, when an
             intact ``*.ckpt`` lies beside it, the newest such file to pass to ``--ckpt_path``.
+        Exception: torch's own error (e.g. ``torch.OutOfMemoryError``), with a note naming the
+            file, when the file is intact but its tensors cannot be placed: memory ran out, or
+            ``map_location`` names a device this machine does not have.
     """
     path = Path(path)
     try:
@@ -88,6 +92,12 @@ def _load_dict(path: Path, map_location: Any) -> dict[str, Any]:
     except OSError as error:
         raise CheckpointReadError(f"Checkpoint {path} cannot be read ({error.strerror or error})") from None
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, EOFError, KeyError, ... here
+        if _intact(path):
+            # The file is sound; placing its tensors failed (out of memory, a device that is not
+            # there): torch's own error says so, and no other checkpoint would fare better.
+            error.add_note(f"While loading checkpoint {path} onto {map_location!r}: the file itself is sound "
+                           "(it reads as a checkpoint and its checksums match).")
+            raise
         detail = str(error).split(". ")[0].strip() or type(error).__name__
         raise CheckpointReadError(f"Checkpoint {path} is truncated or corrupt ({detail})") from None
     if not isinstance(checkpoint, dict):
@@ -97,10 +107,10 @@ def _load_dict(path: Path, map_location: Any) -> dict[str, Any]:
 
 
 def _newest_intact_sibling(path: Path) -> Path | None:
-    """The most recently written ``*.ckpt`` beside ``path`` that loads, or None.
+    """The most recently written ``*.ckpt`` beside ``path`` that is intact, or None.
 
-    Tried newest first, stopping at the first that loads, so a folder of good checkpoints costs one
-    load. Hidden files (the writer's temporaries) are skipped.
+    Tried newest first, stopping at the first that is intact (:func:`_intact`), so a folder of good
+    checkpoints costs one read. Hidden files (the writer's temporaries) are skipped.
     """
     try:
         candidates = [p for p in path.parent.glob("*.ckpt")
@@ -108,12 +118,27 @@ def _newest_intact_sibling(path: Path) -> Path | None:
     except OSError:
         return None
     for candidate in sorted(candidates, key=_mtime, reverse=True):
-        try:
-            _load_dict(candidate, "cpu")
-        except CheckpointReadError:
-            continue
-        return candidate
+        if _intact(candidate):
+            return candidate
     return None
+
+
+def _intact(path: Path) -> bool:
+    """Whether ``path`` is a sound checkpoint: it loads as a dictionary with ``weights_only=True``
+    and every record of its archive matches its checksum (which ``torch.load`` does not check).
+
+    Read without placing any tensor (``map_location="meta"``) and in chunks, so a checkpoint larger
+    than the free memory, or saved on a device this machine lacks, is judged by its file alone.
+    """
+    try:
+        if not isinstance(torch.load(path, map_location="meta", weights_only=True), dict):
+            return False
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return archive.testzip() is None
+        return True
+    except Exception:  # noqa: BLE001 - whatever stops the read, the file is not sound
+        return False
 
 
 def _mtime(path: Path) -> float:

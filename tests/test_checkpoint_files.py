@@ -130,6 +130,44 @@ def test_an_unreadable_checkpoint_alone_in_its_folder_asks_for_another_file(tmp_
         read_checkpoint(tmp_path / "last.ckpt")
 
 
+def _out_of_memory(storage: torch.UntypedStorage, location: str) -> torch.UntypedStorage:
+    """A ``map_location`` that fails as a full device does, when the first tensor is placed."""
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_sound_checkpoint_that_cannot_be_placed_gives_torchs_error_not_a_damage_report(tmp_path: Path) -> None:
+    last = _good(tmp_path / "last.ckpt", 20)
+    _good(tmp_path / "epoch=0-step=10.ckpt", 10)  # an older file it must not send the user back to
+    for map_location, error in ((_out_of_memory, torch.OutOfMemoryError), ("cuda:99", RuntimeError)):
+        with pytest.raises(error) as caught:
+            read_checkpoint(last, map_location=map_location)
+        assert not isinstance(caught.value, CheckpointReadError)
+        assert caught.value.__notes__ == [f"While loading checkpoint {last} onto {map_location!r}: the file itself "
+                                          "is sound (it reads as a checkpoint and its checksums match)."]
+    _truncated(last)  # the same failure on a damaged file is reported as the damage
+    with pytest.raises(CheckpointReadError, match=r"last\.ckpt is truncated or corrupt .*epoch=0-step=10\.ckpt"):
+        read_checkpoint(last, map_location=_out_of_memory)
+
+
+def _flip_a_weight_byte(path: Path) -> None:
+    """One flipped bit in a tensor's data: torch.load reads it without complaint."""
+    torch.save({"state_dict": {"w": torch.full((64,), 3.0)}, "global_step": 0}, path)
+    data = bytearray(path.read_bytes())
+    at = data.index(torch.full((64,), 3.0).numpy().tobytes()) + 10
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_the_suggested_checkpoint_is_one_whose_checksums_match(tmp_path: Path) -> None:
+    sound, rotten = _good(tmp_path / "epoch=0-step=10.ckpt", 10), tmp_path / "epoch=1-step=20.ckpt"
+    _flip_a_weight_byte(rotten)
+    assert torch.load(rotten, weights_only=True)["state_dict"]["w"].ne(3.0).sum() == 1  # torch does not notice
+    os.utime(sound, (1e9, 1e9))  # the rotten one is newer
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointReadError, match=r"the newest intact checkpoint beside it is epoch=0-step=10\.ckpt"):
+        read_checkpoint(tmp_path / "last.ckpt")
+
+
 def test_an_intact_checkpoint_loads_onto_the_cpu(tmp_path: Path) -> None:
     checkpoint = read_checkpoint(_good(tmp_path / "a.ckpt", 7))
     assert checkpoint["global_step"] == 7 and checkpoint["state_dict"]["w"].device.type == "cpu"

@@ -105,7 +105,8 @@ def test_sample_never_imports_what_the_hyperparameters_name(checkpoint: Path, tm
     (["--output", "{tmp}/folder.pt"], "--output: {tmp}/folder.pt is a folder, not a file"),
     (["--output", "{tmp}/a_file/sub/samples.pt"], "lies under {tmp}/a_file, which is a file, not a folder"),
     (["--device", "gpu0"], "--device 'gpu0' is not a device"),
-], ids=["nrow-0", "num_samples-0", "png-suffix", "folder", "under-a-file", "bad-device"])
+    (["--device", "cuda:99"], "--device cuda:99 is not a CUDA device of this machine"),
+], ids=["nrow-0", "num_samples-0", "png-suffix", "folder", "under-a-file", "bad-device", "missing-device"])
 def test_bad_sample_arguments_are_refused_before_any_work(args: list[str], expected: str, checkpoint: Path,
                                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "folder.pt").mkdir()
