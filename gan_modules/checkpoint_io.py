@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import pickle
 import re
+import socket
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,8 +25,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 # pickle (the legacy format, protocol 2). Anything else was never a torch checkpoint.
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGIC = b"\x80"
-# The writer's temporary files, ``.{name}.{pid}.tmp`` beside their target; a kill leaves them behind.
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+# The writers' temporary files beside their targets, ``.{name}.{host}-{pid}.tmp`` (``.{name}.{pid}.tmp``
+# before the host was named); a kill leaves them behind. ``host`` tells apart the writers of machines
+# sharing a folder, whose process ids mean nothing to each other.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<host>[0-9a-f]{8})-)?(?P<pid>\d+)\.tmp$")
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+# Another machine's temporary is taken as abandoned once unchanged this long (no write lasts a day).
+_FOREIGN_STALE_AFTER_S = 24 * 3600
 
 
 class CheckpointReadError(ValueError):
@@ -148,12 +156,21 @@ def _mtime(path: Path) -> float:
         return float("-inf")
 
 
+def temporary_path(target: Path) -> Path:
+    """Where this process writes ``target`` before renaming it into place: a hidden file beside it
+    that names this machine and process, so :func:`sweep_stale_temporaries` can tell whether its
+    writer is gone."""
+    return target.with_name(f".{target.name}.{_HOST}-{os.getpid()}.tmp")
+
+
 def sweep_stale_temporaries(folder: str | Path) -> list[Path]:
     """Removes the temporary files that killed or failed writers of this project left in ``folder``.
 
-    A temporary is ``.{name}.{pid}.tmp``; it is stale when no process ``pid`` is alive, or when it
-    is this process's own, since this is called before this process writes in the folder (a pid
-    can come back after a restart, in containers especially). Other files are never touched.
+    A temporary (:func:`temporary_path`) of this machine is stale when no process of its id is
+    alive, or when it is this process's own, since this is called before this process writes in the
+    folder (a pid can come back after a restart, in containers especially). One of another machine
+    sharing the folder (a cluster's file system), whose processes cannot be seen from here, is stale
+    once unchanged for a day. Other files are never touched.
 
     Args:
         folder: the checkpoint folder; a missing folder holds nothing to sweep.
@@ -168,7 +185,12 @@ def sweep_stale_temporaries(folder: str | Path) -> list[Path]:
     removed = []
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
-        if match is None or _process_alive(int(match.group("pid"))):
+        if match is None:
+            continue
+        if match.group("host") in (None, _HOST):
+            if _process_alive(int(match.group("pid"))):
+                continue
+        elif time.time() - _mtime(entry) < _FOREIGN_STALE_AFTER_S:
             continue
         try:
             entry.unlink()
@@ -259,7 +281,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self._swept.add(path.parent)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary = temporary_path(path)
         try:
             with open(temporary, "wb") as file:
                 file.write(buffer.getbuffer())
@@ -357,7 +379,7 @@ def _training_ends_after_this_epoch(trainer: Trainer) -> bool:
 
 def _check_writable(folder: Path) -> tuple[int, str] | None:
     """Creates ``folder`` and writes and removes a probe file in it; ``(errno, message)`` if that fails."""
-    probe = folder / f".write-probe.{os.getpid()}.tmp"  # the temporaries' pattern: a kill leaves it swept
+    probe = temporary_path(folder / "write-probe")  # a kill leaves it to be swept
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with open(probe, "wb") as file:

@@ -14,7 +14,7 @@ import torch
 from torchvision.utils import save_image
 
 from gan_modules.base import GANModule
-from gan_modules.checkpoint_io import read_checkpoint
+from gan_modules.checkpoint_io import read_checkpoint, temporary_path
 
 OUTPUT_SUFFIXES = (".pt", ".pth")
 
@@ -134,7 +134,7 @@ def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         for target, data in ((output, tensor_bytes), (grid_path, grid_bytes)):
-            temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            temporary = temporary_path(target)
             temporaries.append(temporary)
             with open(temporary, "wb") as file:
                 file.write(data.getbuffer())

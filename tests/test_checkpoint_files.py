@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from gan_modules.checkpoint_io import (
     GANCheckpoint,
     read_checkpoint,
     sweep_stale_temporaries,
+    temporary_path,
 )
 
 TINY = dict(image_shape=(1, 28, 28), latent_dim=8, generator_width=4, critic_width=4, n_critic=1)
@@ -222,23 +225,44 @@ def _dead_pid() -> int:
     return process.pid
 
 
+def _this_host() -> str:
+    """This machine's tag in the temporaries' names, ``.{name}.{host}-{pid}.tmp``."""
+    name = temporary_path(Path("last.ckpt")).name
+    assert re.fullmatch(rf"\.last\.ckpt\.[0-9a-f]{{8}}-{os.getpid()}\.tmp", name), name
+    return name.split(".")[-2].split("-")[0]
+
+
 def test_temporaries_of_dead_writers_are_swept_and_nothing_else(tmp_path: Path) -> None:
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        dead = tmp_path / f".last.ckpt.{_dead_pid()}.tmp"
-        live = tmp_path / f".last.ckpt.{alive.pid}.tmp"
-        kept = [live, tmp_path / ".notes.tmp", tmp_path / "last.ckpt", tmp_path / "x.123.tmp"]
-        for path in (dead, *kept):
+        dead_pid, this_host = _dead_pid(), _this_host()
+        dead = [tmp_path / f".last.ckpt.{this_host}-{dead_pid}.tmp",
+                tmp_path / f".last.ckpt.{dead_pid}.tmp"]  # as written before the host was named
+        live = [tmp_path / f".last.ckpt.{this_host}-{alive.pid}.tmp", tmp_path / f".last.ckpt.{alive.pid}.tmp"]
+        kept = [*live, tmp_path / ".notes.tmp", tmp_path / "last.ckpt", tmp_path / "x.123.tmp"]
+        for path in (*dead, *kept):
             path.write_bytes(b"partial")
-        assert sweep_stale_temporaries(tmp_path) == [dead]
+        assert sorted(sweep_stale_temporaries(tmp_path)) == sorted(dead)
         assert sorted(tmp_path.iterdir()) == sorted(kept)
     finally:
         alive.kill()
         alive.wait()
 
 
+def test_another_machines_temporary_is_kept_until_a_day_old(tmp_path: Path) -> None:
+    # Its pid means nothing here (a cluster's shared folder): it may be a write in flight.
+    other_host = "0123abcd" if _this_host() != "0123abcd" else "fedc9876"
+    recent, abandoned = (tmp_path / f".{name}.{other_host}-{_dead_pid()}.tmp" for name in ("last.ckpt", "a.ckpt"))
+    for path in (recent, abandoned):
+        path.write_bytes(b"partial")
+    day_ago = time.time() - 24 * 3600 - 60
+    os.utime(abandoned, (day_ago, day_ago))
+    assert sweep_stale_temporaries(tmp_path) == [abandoned]
+    assert list(tmp_path.iterdir()) == [recent]
+
+
 def test_the_first_write_into_a_folder_sweeps_what_a_killed_writer_left(tmp_path: Path) -> None:
-    stale = tmp_path / f".last.ckpt.{_dead_pid()}.tmp"
+    stale = tmp_path / f".last.ckpt.{_this_host()}-{_dead_pid()}.tmp"
     stale.write_bytes(b"partial")
     AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
     assert not stale.exists() and (tmp_path / "last.ckpt").exists()
