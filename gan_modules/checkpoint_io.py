@@ -25,12 +25,23 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 # pickle (the legacy format, protocol 2). Anything else was never a torch checkpoint.
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGIC = b"\x80"
-# The writers' temporary files beside their targets, ``.{name}.{host}-{pid}.tmp`` (``.{name}.{pid}.tmp``
-# before the host was named); a kill leaves them behind. ``host`` tells apart the writers of machines
-# sharing a folder, whose process ids mean nothing to each other.
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<host>[0-9a-f]{8})-)?(?P<pid>\d+)\.tmp$")
-_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
-# Another machine's temporary is taken as abandoned once unchanged this long (no write lasts a day).
+# The writers' temporary files beside their targets, ``.{name}.{space}-{pid}.tmp`` (``.{name}.{pid}.tmp``
+# before the space was named); a kill leaves them behind. ``space`` tells apart the process-id spaces
+# of the writers sharing a folder (machines on a cluster's file system, containers on one machine),
+# whose process ids mean nothing to each other: a hash of the host name and, on Linux, the pid
+# namespace.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<space>[0-9a-f]{8})-)?(?P<pid>\d+)\.tmp$")
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:  # not Linux
+        return ""
+
+
+_PID_SPACE = hashlib.sha1(f"{socket.gethostname()}/{_pid_namespace()}".encode()).hexdigest()[:8]
+# Another space's temporary is taken as abandoned once unchanged this long (no write lasts a day).
 _FOREIGN_STALE_AFTER_S = 24 * 3600
 
 
@@ -101,10 +112,11 @@ def _load_dict(path: Path, map_location: Any) -> dict[str, Any]:
         raise CheckpointReadError(f"Checkpoint {path} cannot be read ({error.strerror or error})") from None
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, EOFError, KeyError, ... here
         if _intact(path):
-            # The file is sound; placing its tensors failed (out of memory, a device that is not
+            # The file is complete; placing its tensors failed (out of memory, a device that is not
             # there): torch's own error says so, and no other checkpoint would fare better.
-            error.add_note(f"While loading checkpoint {path} onto {map_location!r}: the file itself is sound "
-                           "(it reads as a checkpoint and its checksums match).")
+            where = map_location if isinstance(map_location, (str, torch.device)) else "the given map_location"
+            _add_note(error, f"While loading checkpoint {path} onto {where}: the file itself is complete "
+                             "(it loads onto the meta device and its checksums match).")
             raise
         detail = str(error).split(". ")[0].strip() or type(error).__name__
         raise CheckpointReadError(f"Checkpoint {path} is truncated or corrupt ({detail})") from None
@@ -121,8 +133,12 @@ def _newest_intact_sibling(path: Path) -> Path | None:
     checkpoints costs one read. Hidden files (the writer's temporaries) are skipped.
     """
     try:
+        itself = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        itself = path.absolute()
+    try:  # is_file is False for a link that leads nowhere, so only ``itself`` can loop
         candidates = [p for p in path.parent.glob("*.ckpt")
-                      if p.is_file() and not p.name.startswith(".") and p.resolve() != path.resolve()]
+                      if p.is_file() and not p.name.startswith(".") and p.resolve() != itself]
     except OSError:
         return None
     for candidate in sorted(candidates, key=_mtime, reverse=True):
@@ -132,21 +148,32 @@ def _newest_intact_sibling(path: Path) -> Path | None:
 
 
 def _intact(path: Path) -> bool:
-    """Whether ``path`` is a sound checkpoint: it loads as a dictionary with ``weights_only=True``
-    and every record of its archive matches its checksum (which ``torch.load`` does not check).
+    """Whether ``path`` is a complete checkpoint: it loads as a dictionary with ``weights_only=True``
+    and, in the zip format torch has written since 1.6, every record matches its checksum (which
+    ``torch.load`` does not check: a flipped bit in a weight loads silently).
 
-    Read without placing any tensor (``map_location="meta"``) and in chunks, so a checkpoint larger
-    than the free memory, or saved on a device this machine lacks, is judged by its file alone.
+    Loaded onto the ``meta`` device, so no tensor is placed anywhere (and torch 2.14 does not even
+    read the tensors' bytes), and checksummed in chunks: a checkpoint larger than the free memory is
+    judged by its file alone.
     """
     try:
         if not isinstance(torch.load(path, map_location="meta", weights_only=True), dict):
             return False
-        if zipfile.is_zipfile(path):
+        with open(path, "rb") as file:
+            zipped = file.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+        if zipped:
             with zipfile.ZipFile(path) as archive:
                 return archive.testzip() is None
         return True
     except Exception:  # noqa: BLE001 - whatever stops the read, the file is not sound
         return False
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    if hasattr(error, "add_note"):  # Python >= 3.11, which prints the notes with the error
+        error.add_note(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", []), note]
 
 
 def _mtime(path: Path) -> float:
@@ -158,19 +185,20 @@ def _mtime(path: Path) -> float:
 
 def temporary_path(target: Path) -> Path:
     """Where this process writes ``target`` before renaming it into place: a hidden file beside it
-    that names this machine and process, so :func:`sweep_stale_temporaries` can tell whether its
+    that names this process and its process-id space (machine, container), so :func:`sweep_stale_temporaries` can tell whether its
     writer is gone."""
-    return target.with_name(f".{target.name}.{_HOST}-{os.getpid()}.tmp")
+    return target.with_name(f".{target.name}.{_PID_SPACE}-{os.getpid()}.tmp")
 
 
 def sweep_stale_temporaries(folder: str | Path) -> list[Path]:
     """Removes the temporary files that killed or failed writers of this project left in ``folder``.
 
-    A temporary (:func:`temporary_path`) of this machine is stale when no process of its id is
-    alive, or when it is this process's own, since this is called before this process writes in the
-    folder (a pid can come back after a restart, in containers especially). One of another machine
-    sharing the folder (a cluster's file system), whose processes cannot be seen from here, is stale
-    once unchanged for a day. Other files are never touched.
+    A temporary (:func:`temporary_path`) of this process-id space (this machine, or container) is
+    stale when no process of its id is alive, or when it is this process's own, since this is called
+    before this process writes in the folder (a pid can come back after a restart, in containers
+    especially). One of another space sharing the folder (another machine on a cluster's file
+    system, another container), whose processes cannot be seen from here, is stale once unchanged
+    for a day. Other files are never touched.
 
     Args:
         folder: the checkpoint folder; a missing folder holds nothing to sweep.
@@ -187,7 +215,7 @@ def sweep_stale_temporaries(folder: str | Path) -> list[Path]:
         match = _TEMPORARY.match(entry.name)
         if match is None:
             continue
-        if match.group("host") in (None, _HOST):
+        if match.group("space") in (None, _PID_SPACE):
             if _process_alive(int(match.group("pid"))):
                 continue
         elif time.time() - _mtime(entry) < _FOREIGN_STALE_AFTER_S:
