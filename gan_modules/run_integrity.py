@@ -14,6 +14,7 @@ The private Lightning attributes read here are pinned by tests/test_lightning_in
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from gan_modules.checkpoint_io import read_checkpoint
@@ -75,15 +77,23 @@ class RunIntegrity(LightningModule):
 
     @property
     def train_rng(self) -> torch.Generator:
-        """The generator of the training noise on this rank, seeded ``PL_GLOBAL_SEED + rank``."""
+        """The generator of the training noise on this rank, seeded ``PL_GLOBAL_SEED + rank``.
+
+        It continues from a checkpoint's state (or, when the module moves, from its own on the old
+        device). A state of another device type's generator (CPU and CUDA generators differ in
+        algorithm and state) cannot be installed: the generator is then seeded from a hash of that
+        state, with a warning, so a run continued on another kind of device still draws the same
+        noise each time it is continued from that checkpoint, though not the noise the original
+        device would have drawn.
+        """
         if self._train_rng is None or self._train_rng.device != self.device:
             rng = torch.Generator(device=self.device)
             if self._train_rng_state is not None:
                 # A fresh, contiguous uint8 tensor of its own: checkpoints written before the fix hold
                 # views with a storage offset, which set_state cannot take.
-                rng.set_state(self._train_rng_state.detach().to("cpu", torch.uint8).clone().contiguous())
+                _continue_from(rng, self._train_rng_state.detach().to("cpu", torch.uint8).clone().contiguous())
             elif self._train_rng is not None:
-                rng.set_state(self._train_rng.get_state())
+                _continue_from(rng, self._train_rng.get_state())
             else:
                 rng.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed())) + self.global_rank)
             self._train_rng, self._train_rng_state = rng, None
@@ -321,6 +331,21 @@ class RunIntegrity(LightningModule):
                 f"train at rate 0. Continue it with `--model.lr_schedule none` (the configured rates), or start a "
                 f"new run with the longer schedule."
             )
+
+
+def _continue_from(rng: torch.Generator, state: Tensor) -> None:
+    """Install ``state`` in ``rng``, or, if it is another device type's (the sizes differ: 5056 bytes
+    on a CPU, 16 on CUDA), seed ``rng`` from a hash of it and warn (see ``RunIntegrity.train_rng``)."""
+    try:
+        rng.set_state(state)
+    except RuntimeError:
+        digest = hashlib.sha256(state.numpy().tobytes()).digest()
+        rng.manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # a seed below 2**63
+        rank_zero_warn(
+            f"The training noise's saved random state ({state.numel()} bytes) is another kind of device's "
+            f"than this run's {rng.device.type} generator, so it cannot be continued: the noise is seeded "
+            "from a hash of that state instead. Continuing from this checkpoint on this kind of device is "
+            "reproducible, but does not draw the noise a run on the original device would have drawn.")
 
 
 def check_strategy(strategy: Any) -> None:
