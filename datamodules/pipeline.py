@@ -18,8 +18,27 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 
 
 def to_unit_range(images: Tensor) -> Tensor:
-    """uint8 images in [0, 255] to float32 in [-1, 1]."""
-    return images.float().div_(127.5).sub_(1.0)
+    """uint8 images in [0, 255] to float32 in [-1, 1], ``x / 127.5 - 1``, bitwise the same on every
+    device.
+
+    On a CPU by the division itself; on other devices by looking up the CPU's 256 results: CUDA
+    divides by a scalar as a multiplication by its reciprocal, one bit off for some values, which
+    would make batches gathered on a GPU (``--data.on_device true``) differ from the default path's.
+    """
+    if images.device.type == "cpu":
+        return images.float().div_(127.5).sub_(1.0)
+    return _unit_range_table(images.device)[images.int()]
+
+
+_UNIT_RANGE = torch.arange(256, dtype=torch.float32).div_(127.5).sub_(1.0)  # the CPU's, value by value
+_UNIT_RANGE_ON: dict[torch.device, Tensor] = {}
+
+
+def _unit_range_table(device: torch.device) -> Tensor:
+    """``_UNIT_RANGE`` on ``device``, copied there once (a copy per batch would wait for the device)."""
+    if device not in _UNIT_RANGE_ON:
+        _UNIT_RANGE_ON[device] = _UNIT_RANGE.to(device)
+    return _UNIT_RANGE_ON[device]
 
 
 def resize_uint8(images: Tensor, size: int) -> Tensor:

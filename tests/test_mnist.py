@@ -16,7 +16,7 @@ from lightning.pytorch import Trainer, seed_everything
 from torchvision.datasets import MNIST
 
 from datamodules import MNISTDataModule
-from datamodules.pipeline import to_unit_range
+from datamodules.pipeline import _unit_range_table, to_unit_range
 from gan_modules import DCGAN
 from conftest import write_idx, write_mnist
 
@@ -39,6 +39,18 @@ def test_loads_idx_files_as_uint8_in_memory_and_yields_unit_range(mnist_dir) -> 
 
 def test_to_unit_range_maps_the_ends() -> None:
     assert to_unit_range(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [-1.0, 1.0]
+
+
+def test_the_lookup_used_off_the_cpu_gives_the_cpus_division_bit_for_bit() -> None:
+    # Off the CPU, to_unit_range indexes this table; here, on the CPU, it must equal the division.
+    images = torch.arange(256, dtype=torch.uint8).flip(0).reshape(4, 1, 8, 8)
+    looked_up = _unit_range_table(torch.device("cpu"))[images.int()]
+    divided = to_unit_range(images)
+    assert looked_up.dtype == divided.dtype == torch.float32 and looked_up.shape == divided.shape
+    assert torch.equal(looked_up.view(torch.int32), divided.view(torch.int32))
+    # x / 127.5 - 1 in float32, each operation rounded once (IEEE), computed by numpy as the reference.
+    reference = images.numpy().astype(np.float32) / np.float32(127.5) - np.float32(1)
+    assert np.array_equal(divided.numpy().view(np.int32), reference.view(np.int32))
 
 
 def test_resize_to_the_model_size(mnist_dir) -> None:
