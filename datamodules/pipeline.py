@@ -27,7 +27,12 @@ def to_unit_range(images: Tensor) -> Tensor:
     """
     if images.device.type == "cpu":
         return images.float().div_(127.5).sub_(1.0)
-    return _unit_range_table(images.device)[images.int()]
+    return _looked_up(images)
+
+
+def _looked_up(images: Tensor) -> Tensor:
+    """:func:`to_unit_range` by the table of the CPU's results, on the images' device."""
+    return _unit_range_table(images.device)[images.int()]  # int: uint8 indices would be a mask
 
 
 _UNIT_RANGE = torch.arange(256, dtype=torch.float32).div_(127.5).sub_(1.0)  # the CPU's, value by value

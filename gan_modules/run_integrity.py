@@ -91,17 +91,28 @@ class RunIntegrity(LightningModule):
             if self._train_rng_state is not None:
                 # A fresh, contiguous uint8 tensor of its own: checkpoints written before the fix hold
                 # views with a storage offset, which set_state cannot take.
-                _continue_from(rng, self._train_rng_state.detach().to("cpu", torch.uint8).clone().contiguous())
+                _continue_from(rng, self._train_rng_state.detach().to("cpu", torch.uint8).clone().contiguous(),
+                               "the checkpoint")
             elif self._train_rng is not None:
-                _continue_from(rng, self._train_rng.get_state())
+                _continue_from(rng, self._train_rng.get_state(), f"the module's {self._train_rng.device} generator")
             else:
                 rng.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed())) + self.global_rank)
             self._train_rng, self._train_rng_state = rng, None
         return self._train_rng
 
     def _gather_rng_states(self) -> list[Tensor]:
-        """Every rank's training-RNG state (called on all ranks, as checkpoints are saved)."""
-        state = self.train_rng.get_state()
+        """Every rank's training-RNG state (called on all ranks, as checkpoints are saved).
+
+        The state of the generator that drew the noise (or the checkpoint's, not drawn from yet),
+        wherever the module is now: Lightning moves it to the CPU after a GPU fit, and a checkpoint
+        saved then holds the GPU generator's state, not one converted to the CPU.
+        """
+        if self._train_rng is not None:
+            state = self._train_rng.get_state()
+        elif self._train_rng_state is not None:
+            state = self._train_rng_state.detach().to("cpu", torch.uint8).clone().contiguous()
+        else:
+            state = self.train_rng.get_state()
         if self._trainer is None or self.trainer.world_size == 1:
             return [state]
         gathered = self.all_gather(state.to(self.device))  # (world_size, state_bytes)
@@ -333,19 +344,22 @@ class RunIntegrity(LightningModule):
             )
 
 
-def _continue_from(rng: torch.Generator, state: Tensor) -> None:
-    """Install ``state`` in ``rng``, or, if it is another device type's (the sizes differ: 5056 bytes
-    on a CPU, 16 on CUDA), seed ``rng`` from a hash of it and warn (see ``RunIntegrity.train_rng``)."""
-    try:
+def _continue_from(rng: torch.Generator, state: Tensor, source: str) -> None:
+    """Install ``state`` (from ``source``, for the warning) in ``rng``; if it is another device type's
+    (its size differs: 5056 bytes on a CPU, 16 on CUDA), seed ``rng`` from a hash of it and warn (see
+    ``RunIntegrity.train_rng``). A damaged state of the right size still raises."""
+    expected = rng.get_state().numel()
+    if state.numel() == expected:
         rng.set_state(state)
-    except RuntimeError:
-        digest = hashlib.sha256(state.numpy().tobytes()).digest()
-        rng.manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # a seed below 2**63
-        rank_zero_warn(
-            f"The training noise's saved random state ({state.numel()} bytes) is another kind of device's "
-            f"than this run's {rng.device.type} generator, so it cannot be continued: the noise is seeded "
-            "from a hash of that state instead. Continuing from this checkpoint on this kind of device is "
-            "reproducible, but does not draw the noise a run on the original device would have drawn.")
+        return
+    digest = hashlib.sha256(state.numpy().tobytes()).digest()
+    rng.manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # a seed below 2**63
+    # Every rank is in the same case (one device type per run): rank 0 speaks for all.
+    rank_zero_warn(
+        f"The training noise's random state from {source} ({state.numel()} bytes) is another kind of "
+        f"device's than this run's {rng.device.type} generator ({expected} bytes), so it cannot be "
+        "continued: the noise is seeded from a hash of that state instead. Continuing from it on this "
+        "kind of device is reproducible, but does not draw the noise the original device would have.")
 
 
 def check_strategy(strategy: Any) -> None:

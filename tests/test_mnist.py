@@ -16,7 +16,7 @@ from lightning.pytorch import Trainer, seed_everything
 from torchvision.datasets import MNIST
 
 from datamodules import MNISTDataModule
-from datamodules.pipeline import _unit_range_table, to_unit_range
+from datamodules.pipeline import _UNIT_RANGE_ON, _looked_up, to_unit_range
 from gan_modules import DCGAN
 from conftest import write_idx, write_mnist
 
@@ -42,9 +42,11 @@ def test_to_unit_range_maps_the_ends() -> None:
 
 
 def test_the_lookup_used_off_the_cpu_gives_the_cpus_division_bit_for_bit() -> None:
-    # Off the CPU, to_unit_range indexes this table; here, on the CPU, it must equal the division.
     images = torch.arange(256, dtype=torch.uint8).flip(0).reshape(4, 1, 8, 8)
-    looked_up = _unit_range_table(torch.device("cpu"))[images.int()]
+    on_meta = to_unit_range(images.to("meta"))  # a device other than the CPU takes the lookup
+    assert on_meta.dtype == torch.float32 and on_meta.shape == images.shape
+    assert torch.device("meta") in _UNIT_RANGE_ON
+    looked_up = _looked_up(images)  # the same code, run here where its values can be read
     divided = to_unit_range(images)
     assert looked_up.dtype == divided.dtype == torch.float32 and looked_up.shape == divided.shape
     assert torch.equal(looked_up.view(torch.int32), divided.view(torch.int32))
