@@ -180,8 +180,30 @@ class GANModule(RunIntegrity):
         for scheduler in self._schedulers():  # both rates follow the generator updates
             scheduler.step()
         if self.generator_ema is not None:
-            self.generator_ema.update_parameters(self.generator)
+            self._update_ema()
         return {"generator_loss": terms.pop("loss"), **terms}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """``AveragedModel.update_parameters`` for the EMA generator (parameters and buffers), with the
+        same results, without its two read-backs of the update count (``bool(n_averaged == 0)``,
+        ``n_averaged > 0``), each a wait for the device: the count is ``generator_steps``, one
+        update per generator update from the first. The first copies the weights, as torch's does."""
+        ema = self.generator_ema
+        averaged = [t.detach() for t in (*ema.module.parameters(), *ema.module.buffers())]
+        current = [t.detach() for t in (*self.generator.parameters(), *self.generator.buffers())]
+        if self.generator_steps == 1:
+            for average, value in zip(averaged, current):
+                average.copy_(value)
+        else:  # get_ema_multi_avg_fn's update: a lerp of the float tensors, the formula for the rest
+            decay = self.hparams.ema_decay
+            floats = [(a, v) for a, v in zip(averaged, current) if a.is_floating_point()]
+            if floats:
+                torch._foreach_lerp_([a for a, _ in floats], [v for _, v in floats], 1 - decay)
+            for average, value in zip(averaged, current):
+                if not average.is_floating_point():  # batch norm's num_batches_tracked
+                    average.copy_(average * decay + value * (1 - decay))
+        ema.n_averaged += 1
 
     def _descend(self, optimizer: Any, loss: Tensor, network: str) -> None:
         """One optimiser step of ``network`` ("critic" or "generator") on ``loss``."""

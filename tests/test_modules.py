@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gan_modules import DCGAN, WGAN, WGANGP
@@ -255,3 +256,21 @@ def test_a_checkpoint_saved_after_the_module_moved_holds_the_state_of_the_genera
     # As after a GPU fit, which Lightning's teardown moves to the CPU: another device (type) than the draws'.
     monkeypatch.setattr(model, "_device", torch.device("meta"))
     assert torch.equal(model._gather_rng_states()[0], drawn.get_state())
+
+
+def test_the_ema_update_is_torchs_averaged_model_update_bit_for_bit() -> None:
+    torch.manual_seed(0)
+    model = DCGAN(**TINY, ema_decay=0.9)  # batch norm: float buffers and an integer num_batches_tracked
+    reference = AveragedModel(model.generator, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for step in range(1, 5):
+        with torch.no_grad():  # a generator update: new weights and batch-norm statistics
+            for tensor in (*model.generator.parameters(), *model.generator.buffers()):
+                tensor.copy_(tensor * 1.5 + (torch.randn_like(tensor) if tensor.is_floating_point() else 3))
+        model.generator_steps = step
+        model._update_ema()
+        reference.update_parameters(model.generator)
+        mine, torchs = model.generator_ema.state_dict(), reference.state_dict()
+        assert mine.keys() == torchs.keys()
+        for name in mine:
+            assert mine[name].dtype == torchs[name].dtype and torch.equal(mine[name], torchs[name]), (step, name)
+    assert model.generator_ema.n_averaged.item() == 4
