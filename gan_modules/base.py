@@ -193,14 +193,14 @@ class GANModule(RunIntegrity):
         averaged = [t.detach() for t in (*ema.module.parameters(), *ema.module.buffers())]
         current = [t.detach() for t in (*self.generator.parameters(), *self.generator.buffers())]
         if self.generator_steps == 1:
-            for average, value in zip(averaged, current):
+            for average, value in zip(averaged, current, strict=True):
                 average.copy_(value)
         else:  # get_ema_multi_avg_fn's update: a lerp of the float tensors, the formula for the rest
             decay = self.hparams.ema_decay
-            floats = [(a, v) for a, v in zip(averaged, current) if a.is_floating_point()]
+            floats = [(a, v) for a, v in zip(averaged, current, strict=True) if a.is_floating_point()]
             if floats:
                 torch._foreach_lerp_([a for a, _ in floats], [v for _, v in floats], 1 - decay)
-            for average, value in zip(averaged, current):
+            for average, value in zip(averaged, current, strict=True):
                 if not average.is_floating_point():  # batch norm's num_batches_tracked
                     average.copy_(average * decay + value * (1 - decay))
         ema.n_averaged += 1
