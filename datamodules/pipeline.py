@@ -30,20 +30,15 @@ def to_unit_range(images: Tensor) -> Tensor:
     return _looked_up(images)
 
 
+_UNIT_RANGE = torch.arange(256, dtype=torch.float32).div_(127.5).sub_(1.0)  # the CPU's, value by value
+_UNIT_RANGE_ON: dict[torch.device, Tensor] = {}  # copied to each device once: a copy per batch would wait
+
+
 def _looked_up(images: Tensor) -> Tensor:
     """:func:`to_unit_range` by the table of the CPU's results, on the images' device."""
-    return _unit_range_table(images.device)[images.int()]  # int: uint8 indices would be a mask
-
-
-_UNIT_RANGE = torch.arange(256, dtype=torch.float32).div_(127.5).sub_(1.0)  # the CPU's, value by value
-_UNIT_RANGE_ON: dict[torch.device, Tensor] = {}
-
-
-def _unit_range_table(device: torch.device) -> Tensor:
-    """``_UNIT_RANGE`` on ``device``, copied there once (a copy per batch would wait for the device)."""
-    if device not in _UNIT_RANGE_ON:
-        _UNIT_RANGE_ON[device] = _UNIT_RANGE.to(device)
-    return _UNIT_RANGE_ON[device]
+    if images.device not in _UNIT_RANGE_ON:
+        _UNIT_RANGE_ON[images.device] = _UNIT_RANGE.to(images.device)
+    return _UNIT_RANGE_ON[images.device][images.int()]  # int: uint8 indices would be a mask
 
 
 def resize_uint8(images: Tensor, size: int) -> Tensor:

@@ -185,8 +185,8 @@ def _mtime(path: Path) -> float:
 
 def temporary_path(target: Path) -> Path:
     """Where this process writes ``target`` before renaming it into place: a hidden file beside it
-    that names this process and its process-id space (machine, container), so :func:`sweep_stale_temporaries` can tell whether its
-    writer is gone."""
+    that names this process and its process-id space (machine, container), so
+    :func:`sweep_stale_temporaries` can tell whether its writer is gone."""
     return target.with_name(f".{target.name}.{_PID_SPACE}-{os.getpid()}.tmp")
 
 

@@ -89,16 +89,19 @@ class RunIntegrity(LightningModule):
         if self._train_rng is None or self._train_rng.device != self.device:
             rng = torch.Generator(device=self.device)
             if self._train_rng_state is not None:
-                # A fresh, contiguous uint8 tensor of its own: checkpoints written before the fix hold
-                # views with a storage offset, which set_state cannot take.
-                _continue_from(rng, self._train_rng_state.detach().to("cpu", torch.uint8).clone().contiguous(),
-                               "the checkpoint")
+                _continue_from(rng, self._saved_rng_state(), "the checkpoint")
             elif self._train_rng is not None:
                 _continue_from(rng, self._train_rng.get_state(), f"the module's {self._train_rng.device} generator")
             else:
                 rng.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed())) + self.global_rank)
             self._train_rng, self._train_rng_state = rng, None
         return self._train_rng
+
+    def _saved_rng_state(self) -> Tensor:
+        """The checkpoint's state, not installed yet, as a fresh, contiguous uint8 CPU tensor of its
+        own: checkpoints written before the fix hold views with a storage offset, which
+        ``Generator.set_state`` cannot take."""
+        return self._train_rng_state.detach().to("cpu", torch.uint8).clone().contiguous()
 
     def _gather_rng_states(self) -> list[Tensor]:
         """Every rank's training-RNG state (called on all ranks, as checkpoints are saved).
@@ -110,7 +113,7 @@ class RunIntegrity(LightningModule):
         if self._train_rng is not None:
             state = self._train_rng.get_state()
         elif self._train_rng_state is not None:
-            state = self._train_rng_state.detach().to("cpu", torch.uint8).clone().contiguous()
+            state = self._saved_rng_state()
         else:
             state = self.train_rng.get_state()
         if self._trainer is None or self.trainer.world_size == 1:
