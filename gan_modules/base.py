@@ -379,6 +379,12 @@ class GANModule(RunIntegrity):
         z = torch.randn(n, self.hparams.latent_dim, device=device, generator=generator)
         return z.to(self.device)
 
+    def forward(self, z: Tensor) -> Tensor:
+        """Images in [-1, 1], (N, C, H, W), from latent vectors ``z`` (N, latent_dim): the generator as it
+        is (train or eval mode, with gradients); :meth:`sample` draws from the sampling network in
+        eval mode without them."""
+        return self.generator(z)
+
     @torch.no_grad()
     def sample(self, n: int, noise: Tensor | None = None) -> Tensor:
         """``n`` images in [-1, 1], shape (n, C, H, W), from the generator in eval mode (its moving

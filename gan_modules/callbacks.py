@@ -4,18 +4,25 @@ progress bar; and the skipping of per-batch callback hooks that nobody implement
 
 from __future__ import annotations
 
+import inspect
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
-from torch import Tensor
+from lightning.pytorch.core.saving import save_hparams_to_yaml
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from gan_modules.fid import FIDCallback
 
-__all__ = ["FIDCallback", "OneDrawProgressBar", "RunMonitor", "SampleGridCallback", "skip_unused_batch_hooks"]
+__all__ = ["FIDCallback", "OneDrawProgressBar", "RunMonitor", "SampleGridCallback", "image_grid",
+           "skip_unused_batch_hooks"]
 
 # The callback hooks Lightning calls at every batch or optimiser step.
 BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_validation_batch_start", "on_validation_batch_end",
@@ -50,8 +57,15 @@ def _tensorboard(trainer: Trainer) -> Any | None:
     return experiment if hasattr(experiment, "add_image") else None
 
 
-def _grid(images: Tensor, nrow: int) -> Tensor:
-    return make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
+def image_grid(images: Tensor, nrow: int, min_width: int = 480) -> Tensor:
+    """A grid of [-1, 1] images (N, C, H, W) as floats in [0, 1], (3, H', W'), separated by white lines
+    (visible between MNIST's black backgrounds) and scaled up by whole pixels, so that a grid of
+    small images is at least about ``min_width`` pixels wide."""
+    images = images.float().cpu()
+    scale = max(1, -(-min_width // (min(nrow, images.shape[0]) * images.shape[-1])))
+    if scale > 1:  # nearest: every pixel stays a square of one value
+        images = images.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    return make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2 * scale, pad_value=1.0)
 
 
 class SampleGridCallback(Callback):
@@ -107,17 +121,17 @@ class SampleGridCallback(Callback):
             return
         items = [dataset[i] for i in range(min(self.num_samples, len(dataset)))]  # indexing: no sampler state
         real = torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
-        experiment.add_image("data/real", _grid(real, self.nrow), global_step=0)
+        experiment.add_image("data/real", image_grid(real, self.nrow), global_step=0)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         experiment = _tensorboard(trainer)
         if experiment is None or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         step = pl_module.critic_steps
-        experiment.add_image("samples/fixed_noise", _grid(pl_module.sample(self.num_samples, noise=self.noise),
+        experiment.add_image("samples/fixed_noise", image_grid(pl_module.sample(self.num_samples, noise=self.noise),
                                                           self.nrow), global_step=step)
         walk = pl_module.sample(self.nrow * self.nrow, noise=self.interpolation_noise(pl_module))
-        experiment.add_image("samples/interpolation", _grid(walk, self.nrow), global_step=step)
+        experiment.add_image("samples/interpolation", image_grid(walk, self.nrow), global_step=step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"noise": self.noise}
@@ -129,64 +143,145 @@ class SampleGridCallback(Callback):
 class RunMonitor(Callback):
     """Training speed per epoch and the run's hyperparameters with its final FID.
 
-    At the end of every training epoch: ``train/seconds_per_epoch`` (wall-clock of the epoch's
-    training batches, validation excluded) and ``train/images_per_second`` (real images the critic
-    trained on, over all devices, per second of it); read from the clock at epoch boundaries only,
-    so no step waits for the device. At the end of the fit: the model's hyperparameters in
-    TensorBoard's HPARAMS tab with ``hp/final_fid`` (the last ``val/fid``) when FID ran. That is read
-    in ``on_fit_end``, after every callback's ``on_train_end``, so it includes the FID that
-    FIDCallback computes there, wherever either callback sits in the list.
+    At the start of a fit, one line with each network's parameter count. At the end of every
+    training epoch: ``train/seconds_per_epoch`` (wall-clock of the epoch's training batches,
+    validation and FID excluded) and ``train/images_per_second`` (real images the critic trained on,
+    over all devices, per second of it); read from the clock at epoch boundaries only, so no step
+    waits for the device. At the end of the fit, whether FID ran or not: TensorBoard's HPARAMS tab
+    gets what runs are compared by (:func:`run_summary`: the model, data, trainer and FID settings)
+    with the final metrics (``hp/final_fid``, ``hp/final_critic_loss``, ...). That is read in
+    ``on_fit_end``, after every callback's ``on_train_end``, so it includes the FID that FIDCallback
+    computes there, wherever either callback sits in the list.
+
+    A fit that stops with an error before its first batch (in setup: bad data, an unwritable folder)
+    leaves no run folder behind: the TensorBoard version it created is removed, so failed starts do
+    not clutter TensorBoard's list of runs.
     """
 
     def __init__(self) -> None:
         self._epoch_start: tuple[float, int] | None = None
+        self._validation_seconds = 0.0
+        self._validation_started: float | None = None
+        self._created_at = time.time()  # before the trainer exists, so before any run folder of this fit
+        self._steps_at_start: int | None = None
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        counts = {name: sum(p.numel() for p in getattr(pl_module, name).parameters())
+                  for name in ("generator", "discriminator") if isinstance(getattr(pl_module, name, None), nn.Module)}
+        rank_zero_info(f"{type(pl_module).__name__}: " + ", ".join(
+            f"{'critic' if name == 'discriminator' else name} {count / 1e6:.2f} M parameters" for name, count in counts.items()))
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._steps_at_start = getattr(pl_module, "critic_steps", trainer.global_step)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch_start = (time.perf_counter(), pl_module.critic_steps)
+        self._validation_seconds = 0.0
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validation_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._validation_started is not None:
+            self._validation_seconds += time.perf_counter() - self._validation_started
+            self._validation_started = None
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._epoch_start is None:
             return
         started, steps = self._epoch_start
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started - self._validation_seconds
         batch_size = getattr(trainer.train_dataloader, "batch_size", None) or 0
         images = (pl_module.critic_steps - steps) * batch_size * trainer.world_size
         pl_module.log_dict({"train/seconds_per_epoch": seconds, "train/images_per_second": images / max(seconds, 1e-9)},
                            on_epoch=True, rank_zero_only=True)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        fid = trainer.callback_metrics.get("val/fid")
-        if trainer.logger is not None and trainer.is_global_zero and fid is not None:
-            trainer.logger.log_hyperparams(dict(pl_module.hparams), {"hp/final_fid": float(fid)})
+        if trainer.logger is None or not trainer.is_global_zero:
+            return
+        # hp/final_fid, hp/final_critic_loss (train/), hp/final_val_wasserstein (val/), ...
+        finals = {"hp/final_" + key.removeprefix("train/").removeprefix("val/" if key == "val/fid" else "").replace("/", "_"):
+                  float(value) for key, value in trainer.callback_metrics.items()
+                  if key.split("/")[0] in ("train", "val") and key.count("/") == 1 and value.numel() == 1
+                  and not key.endswith(("_lr", "_norm", "_score"))}
+        summary = run_summary(trainer, pl_module)
+        trainer.logger.log_hyperparams(summary, finals)
+        if isinstance(trainer.logger, TensorBoardLogger):  # its hparams.yaml was written at teardown, empty
+            save_hparams_to_yaml(Path(trainer.logger.log_dir) / "hparams.yaml", {**summary, **finals})
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if trainer.logger is None or not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        folder = Path(trainer.log_dir)
+        trained = self._steps_at_start is not None and getattr(pl_module, "critic_steps", 0) > self._steps_at_start
+        # Only a folder this fit made: every file in it newer than this callback, none a checkpoint.
+        files = [path for path in folder.rglob("*") if path.is_file()]
+        if not trained and all(path.suffix != ".ckpt" and path.stat().st_mtime >= self._created_at for path in files):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_summary(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+    """What runs are compared by, flat and plain (no Python tuples, no LightningCLI internals): the
+    model's class and hyperparameters, the datamodule's, the trainer's length, precision and devices,
+    and the FID protocol (its sample counts depend on the device when left unset)."""
+    def plain(value: Any) -> Any:
+        return value if isinstance(value, (int, float, str, bool)) or value is None else str(
+            list(value) if isinstance(value, tuple) else value)
+
+    summary: dict[str, Any] = {"model": type(pl_module).__name__}
+    summary.update({f"model.{k}": plain(v) for k, v in pl_module.hparams.items() if not k.startswith("_")})
+    datamodule = trainer.datamodule
+    if datamodule is not None:  # the datamodule's __init__ arguments, as it keeps them
+        summary["data"] = type(datamodule).__name__
+        names = [name for name in inspect.signature(type(datamodule).__init__).parameters if name != "self"]
+        summary.update({f"data.{name}": plain(getattr(datamodule, name)) for name in names if hasattr(datamodule, name)})
+    summary.update({"trainer.max_epochs": trainer.max_epochs, "trainer.max_steps": trainer.max_steps,
+                    "trainer.precision": str(trainer.precision), "trainer.devices": trainer.num_devices,
+                    "trainer.num_nodes": trainer.num_nodes, "trainer.accelerator": type(trainer.accelerator).__name__,
+                    "trainer.world_size": trainer.world_size})
+    for callback in trainer.callbacks:
+        if isinstance(callback, FIDCallback):
+            summary.update({"fid.num_samples": callback.num_samples, "fid.num_real": plain(callback.num_real),
+                            "fid.feature": plain(callback.feature), "fid.every_n_epochs": callback.every_n_epochs})
+    return summary
 
 
 class OneDrawProgressBar(TQDMProgressBar):
-    """Lightning's ``TQDMProgressBar``, drawing the training bar once per update and at most every
-    ``min_interval`` seconds.
+    """Lightning's ``TQDMProgressBar``, drawing the training bar once per update, at most every
+    ``min_interval`` seconds and at least every ``max_interval`` seconds, with the latest logged
+    losses (``critic_loss``, ``generator_loss``, and ``wasserstein`` where the model has one), and a
+    rate of training batches that leaves out the time spent in validation and FID.
 
     Lightning's draws the line twice at every ``refresh_rate``-th batch, once for the batch count and
     again for the metrics, and each draw formats the whole line (about 0.1-0.2 ms on this project's
     CPU); this one sets both, then draws, and only if ``min_interval`` seconds have passed since its
     last draw: small networks run tens of batches a second, and redrawing a line twenty times a
     second shows nothing a reader can follow. It still draws the epoch's last batch, and the batch
-    count is kept at every batch, so the closing line of a stopped run shows the right count.
-    ``train.py`` makes it the default bar, with ``refresh_rate`` set to ``log_every_n_steps``.
+    count is kept at every batch, so the closing line of a stopped run shows the right count. On a
+    slow machine, where ``refresh_rate`` batches take long, it draws after the first batch that ends
+    ``max_interval`` seconds after the last draw. ``train.py`` makes it the default bar, with
+    ``refresh_rate`` set to ``log_every_n_steps`` (when the losses shown are updated).
 
     Args:
         refresh_rate: draw at most every this many batches (0 turns the bar off).
         process_position: as Lightning's (the bar's line, for several bars at once).
         leave: as Lightning's (keep each epoch's finished bar).
         min_interval: seconds between two draws at least (0: every ``refresh_rate`` batches).
+        max_interval: seconds after which the next batch draws the line, whatever ``refresh_rate``.
     """
 
+    SHOWN = ("critic_loss", "generator_loss", "wasserstein")
+
     def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False,
-                 min_interval: float = 0.25) -> None:
-        if not min_interval >= 0:  # NaN too
-            raise ValueError(f"OneDrawProgressBar's min_interval must be >= 0 seconds, got {min_interval}: give 0 to "
-                             f"draw at every refresh_rate-th batch.")
+                 min_interval: float = 0.25, max_interval: float = 1.0) -> None:
+        if not 0 <= min_interval <= max_interval:  # NaN too
+            raise ValueError(f"OneDrawProgressBar needs 0 <= min_interval <= max_interval seconds, got {min_interval} "
+                             f"and {max_interval}: give min_interval 0 to draw at every refresh_rate-th batch.")
         super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
         self.min_interval = min_interval
+        self.max_interval = max_interval
         self._drawn_at = -float("inf")
+        self._validation_started_at: float | None = None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -194,6 +289,25 @@ class OneDrawProgressBar(TQDMProgressBar):
             return
         bar, n = self.train_progress_bar, batch_idx + 1  # set at on_train_start (the property raises if not)
         bar.n = n  # no draw: tqdm draws only when told to
-        if n == bar.total or (n % self.refresh_rate == 0 and _monotonic() - self._drawn_at >= self.min_interval):
+        since = _monotonic() - self._drawn_at
+        if n == bar.total or since >= self.max_interval or (n % self.refresh_rate == 0 and since >= self.min_interval):
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # draws the line (tqdm's refresh=True)
             self._drawn_at = _monotonic()
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        # The modules write their logs straight to the loggers and callback_metrics (GANModule._log_terms).
+        shown = {name: f"{float(trainer.callback_metrics[f'train/{name}']):.4g}" for name in self.SHOWN
+                 if f"train/{name}" in trainer.callback_metrics}
+        return {**shown, **super().get_metrics(trainer, pl_module)}
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_start(trainer, pl_module)
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._validation_started_at = time.time()  # tqdm's clock
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._validation_started_at is not None and self.is_enabled:
+            # The epoch's rate counts training batches over training time: validation and FID paused it.
+            self.train_progress_bar.start_t += time.time() - self._validation_started_at
+            self._validation_started_at = None
+        super().on_validation_end(trainer, pl_module)  # redraws the training bar

@@ -183,6 +183,37 @@ def _mtime(path: Path) -> float:
         return float("-inf")
 
 
+def find_last_checkpoint(folder: str | Path) -> Path | None:
+    """The newest ``last*.ckpt`` (by modification time) of the runs in ``folder``, or ``None``.
+
+    ``folder`` may be a checkpoint folder, a run folder (``runs/dcgan_mnist/version_3``, which holds
+    ``checkpoints/``), a preset's folder of runs (``runs/dcgan_mnist``) or a folder of presets
+    (``runs``): the newest is the run trained (or continued) most recently.
+    """
+    folder = Path(folder)
+    patterns = ("last*.ckpt", "checkpoints/last*.ckpt", "version_*/checkpoints/last*.ckpt",
+                "*/version_*/checkpoints/last*.ckpt")
+    found = [path for pattern in patterns for path in folder.glob(pattern) if path.is_file()]
+    return max(found, key=_mtime, default=None)
+
+
+def resolve_checkpoint(spec: str | Path, runs_dir: str | Path = "runs") -> Path:
+    """The checkpoint file ``spec`` stands for: ``last`` (the newest run's under ``runs_dir``), a folder
+    (its newest run's, see :func:`find_last_checkpoint`) or a file, returned as it is.
+
+    Raises:
+        CheckpointReadError: ``last`` or a folder without any ``last*.ckpt``.
+    """
+    folder = Path(runs_dir) if str(spec) == "last" else Path(spec)
+    if not folder.is_dir():
+        return Path(spec)
+    found = find_last_checkpoint(folder)
+    if found is None:
+        raise CheckpointReadError(f"No checkpoint to use for {spec}: no last*.ckpt in {folder} or its runs' "
+                                  f"checkpoints/ folders (train a run first, or give the .ckpt file)")
+    return found
+
+
 def temporary_path(target: Path) -> Path:
     """Where this process writes ``target`` before renaming it into place: a hidden file beside it
     that names this process and its process-id space (machine, container), so

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,26 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from tqdm import tqdm
 
 INCEPTION_FEATURES = (64, 192, 768, 2048)
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]
+# Images per side (generated, and real when the split is larger) where `num_samples`/`num_real` are
+# left unset: the standard protocol on an accelerator; on a CPU, where Inception takes about 0.15 s
+# an image on two cores, a size that keeps the first run of a preset under half an hour
+# (docs/evaluation.md): comparable between runs of the same size, not with published scores.
+STANDARD_IMAGES, CPU_IMAGES = 10_000, 2_500
+
+
+class InceptionWeightsError(RuntimeError):
+    """The Inception-v3 weights can be neither downloaded nor read from the given file."""
 
 
 def metric_input(images: Tensor, as_float: bool) -> Tensor:
@@ -47,7 +59,8 @@ def build_fid_metric(feature: int | nn.Module = 2048, weights_path: str | None =
     custom ``nn.Module`` takes float images (N, 3, H, W) in [0, 1] and returns (N, num_features).
 
     Raises:
-        RuntimeError: the Inception weights can be neither downloaded nor read from ``weights_path``.
+        InceptionWeightsError: the Inception weights can be neither downloaded nor read from
+            ``weights_path``.
     """
     if isinstance(feature, nn.Module):
         return FrechetInceptionDistance(feature=feature, reset_real_features=False, normalize=True)
@@ -61,16 +74,16 @@ def build_fid_metric(feature: int | nn.Module = 2048, weights_path: str | None =
     except OSError as error:  # URLError, timeouts, DNS failures: no network
         if weights_path is not None:
             raise
-        raise RuntimeError(
-            f"FID could not download the Inception-v3 weights ({error}). On a machine without network, "
-            f"fetch {URL_INCEPTION_V3} elsewhere and pass the file with `--fid.weights_path PATH` "
-            f"(FIDCallback(weights_path=...)), or copy it into {Path(torch.hub.get_dir()) / 'checkpoints'}."
-        ) from error
+        reason = getattr(error, "reason", None) or error
+        raise InceptionWeightsError(
+            f"FID needs the Inception-v3 weights, and they could not be downloaded ({reason}). Either turn FID "
+            f"off with `--fid.enabled false`, or give a local copy of {WEIGHTS_FILE} "
+            f"({URL_INCEPTION_V3}) with `--fid.weights_path PATH` or put it in "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'}.") from None
     except RuntimeError as error:  # load_state_dict: keys or shapes that are not torch-fidelity's
-        raise RuntimeError(
-            f"{weights_path} does not hold torch-fidelity's Inception-v3 weights ({error}); "
-            f"`--fid.weights_path` needs the file {URL_INCEPTION_V3.rsplit('/', 1)[-1]}."
-        ) from error
+        raise InceptionWeightsError(
+            f"{weights_path} does not hold torch-fidelity's Inception-v3 weights ({' '.join(str(error).split())[:200]}): "
+            f"`--fid.weights_path` needs the file {WEIGHTS_FILE}.") from None
 
 
 def _check_weights_file(path: str) -> None:
@@ -78,16 +91,14 @@ def _check_weights_file(path: str) -> None:
     # that is not a plain state dict before it gets there.
     try:
         torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as error:
-        raise RuntimeError(
+    except FileNotFoundError:
+        raise InceptionWeightsError(
             f"No Inception weights file at {path}: set `--fid.weights_path` to the downloaded "
-            f"{URL_INCEPTION_V3.rsplit('/', 1)[-1]} ({URL_INCEPTION_V3})."
-        ) from error
+            f"{WEIGHTS_FILE} ({URL_INCEPTION_V3}), or turn FID off with `--fid.enabled false`.") from None
     except Exception as error:  # unpickling errors of many types
-        raise RuntimeError(
+        raise InceptionWeightsError(
             f"{path} is not a PyTorch state dict of tensors ({error}): `--fid.weights_path` needs "
-            f"torch-fidelity's {URL_INCEPTION_V3.rsplit('/', 1)[-1]}."
-        ) from error
+            f"torch-fidelity's {WEIGHTS_FILE}.") from None
 
 
 class FIDCallback(Callback):
@@ -137,7 +148,11 @@ class FIDCallback(Callback):
             (``weights-inception-2015-12-05-6726825d.pth``) for machines without network; ``None``
             downloads them to torch.hub's cache.
         num_samples: generated images per evaluation; 10,000 or more for a stable score (papers
-            report 50,000). Fewer than the feature dimension gives a warning.
+            report 50,000). Fewer than the feature dimension gives a warning. ``None``: 10,000 on an
+            accelerator, 2,500 on a CPU (said on the console and in the logged hyperparameters).
+        num_real: real validation images for the statistics: the first ``num_real`` of the split
+            taken at an even stride; ``None``: the whole split on an accelerator, at most 2,500 on a
+            CPU.
         every_n_epochs: compute FID at the validation of every this many training epochs, and
             always for the state training ends in (``trainer.validate`` always computes it).
         batch_size: generated images per generator forward and per chunk of latent vectors.
@@ -150,23 +165,25 @@ class FIDCallback(Callback):
 
     def __init__(
         self,
-        feature: int | nn.Module = 2048,
+        feature: int | Callable[[Tensor], Tensor] = 2048,
         weights_path: str | None = None,
-        num_samples: int = 10_000,
+        num_samples: int | None = None,
+        num_real: int | None = None,
         every_n_epochs: int = 1,
         batch_size: int = 250,
         seed: int = 0,
         cache_dir: str | None = ".fid_cache",
         enabled: bool = True,
     ) -> None:
-        for name, value, least in (("num_samples", num_samples, 2), ("every_n_epochs", every_n_epochs, 1),
-                                   ("batch_size", batch_size, 1)):
-            if value < least:  # FID needs two samples for a covariance
+        for name, value, least in (("num_samples", num_samples, 2), ("num_real", num_real, 2),
+                                   ("every_n_epochs", every_n_epochs, 1), ("batch_size", batch_size, 1)):
+            if value is not None and value < least:  # FID needs two samples for a covariance
                 raise ValueError(f"{name} must be at least {least}, got {value}: set `--fid.{name}`.")
         self.num_features = _num_features(feature)
         self.feature = feature
         self.weights_path = weights_path
         self.num_samples = num_samples
+        self.num_real = num_real
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.seed = seed
@@ -177,7 +194,7 @@ class FIDCallback(Callback):
         self._extractor_id: str | None = None
         self._real_key: str | None = None  # key of the real statistics the metric holds now
         self._scored_step: int | None = None  # trainer.global_step of this fit's last FID
-        if enabled:  # no score, nothing to be unreliable
+        if enabled and num_samples is not None:  # no score, nothing to be unreliable
             _warn_if_few("num_samples", num_samples, self.num_features)
 
     # --- Lightning hooks -----------------------------------------------------------------------
@@ -186,18 +203,38 @@ class FIDCallback(Callback):
         # Switched off, no metric is ever built, and every hook below returns for want of one.
         if not self.enabled or stage not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
             return
+        on_cpu = trainer.strategy.root_device.type == "cpu"
+        if self.num_samples is None:
+            self.num_samples = CPU_IMAGES if on_cpu else STANDARD_IMAGES
+            _warn_if_few("num_samples", self.num_samples, self.num_features)
+        if self.num_real is None and on_cpu:
+            self.num_real = CPU_IMAGES
         chunks = -(-self.num_samples // self.batch_size)
         if chunks < trainer.world_size:  # a rank without samples could not compute (and would hang the rest)
             raise ValueError(
                 f"FID splits {self.num_samples} samples into {chunks} chunks of {self.batch_size}, fewer than the "
                 f"{trainer.world_size} processes: lower `--fid.batch_size` or raise `--fid.num_samples`."
             )
-        if self.metric is None:
-            self.metric = build_fid_metric(self.feature, self.weights_path)
-            self._extractor_id = _module_fingerprint(self.metric.inception, self.feature)
+        self.build_metric()
         self.metric.to(trainer.strategy.root_device)
         if stage == TrainerFn.FITTING:
             self._scored_step = None
+        real = "every" if self.num_real is None else f"at most {self.num_real:,}"
+        rank_zero_info(f"FID: {self.num_samples:,} generated images against {real} real validation image(s), "
+                       f"every {self.every_n_epochs} epoch(s) and at the end"
+                       + (" (the CPU-sized default: `--fid.num_samples 10000` for the standard protocol)"
+                          if on_cpu and self.num_samples == CPU_IMAGES else ""))
+
+    def build_metric(self) -> None:
+        """Build the metric, loading the feature extractor's weights, unless built already; the CLI calls
+        this before any work, so that missing Inception weights stop a run at once.
+
+        Raises:
+            InceptionWeightsError: see :func:`build_fid_metric`.
+        """
+        if self.metric is None:
+            self.metric = build_fid_metric(self.feature, self.weights_path)
+            self._extractor_id = _module_fingerprint(self.metric.inception, self.feature)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self.metric is None:
@@ -244,8 +281,11 @@ class FIDCallback(Callback):
             self._ensure_real_statistics(trainer)
             _sync_generator_buffers(pl_module, trainer)
             try:
-                for images in self._generated_images(trainer, pl_module):
-                    self.metric.update(self._metric_input(images), real=False)
+                share = len(range(trainer.global_rank, -(-self.num_samples // self.batch_size), trainer.world_size))
+                with _progress(trainer, "FID: generated images", min(share * self.batch_size, self.num_samples)) as bar:
+                    for images in self._generated_images(trainer, pl_module):
+                        self.metric.update(self._metric_input(images), real=False)
+                        bar.update(images.shape[0])
                 return self.metric.compute()
             finally:
                 self.metric.reset()  # drops the generated statistics only (reset_real_features=False)
@@ -277,7 +317,7 @@ class FIDCallback(Callback):
                 self._set_real(None)
         else:
             self._set_real(None)
-            self._update_real(loader, trainer.global_rank, trainer.world_size)
+            self._update_real(loader, trainer)
             totals = [trainer.strategy.reduce(getattr(self.metric, name).clone(), reduce_op="sum")
                       for name in REAL_STATES]
             self._set_real(totals if trainer.is_global_zero else None)
@@ -288,11 +328,16 @@ class FIDCallback(Callback):
             _warn_if_few("the number of real validation images", int(self.metric.real_features_num_samples),
                          self.num_features)
 
-    def _update_real(self, loader: DataLoader, rank: int, world_size: int) -> None:
-        for batch in _shard(loader, rank, world_size, self.batch_size):
-            images = _images(batch).to(self.metric.device)
-            self.metric.update(self._metric_input(images), real=True)
-            self.real_images_processed += images.shape[0]
+    def _update_real(self, loader: DataLoader, trainer: Trainer) -> None:
+        indices = _real_indices(loader, self.num_real)
+        shard = _shard(loader, indices, trainer.global_rank, trainer.world_size, self.batch_size)
+        total = len(indices[trainer.global_rank::trainer.world_size]) if indices is not None else None
+        with _progress(trainer, "FID: real statistics (once, then cached)", total) as bar:
+            for batch in shard:
+                images = _images(batch).to(self.metric.device)
+                self.metric.update(self._metric_input(images), real=True)
+                self.real_images_processed += images.shape[0]
+                bar.update(images.shape[0])
 
     def _set_real(self, values: list[Tensor] | None) -> None:
         """Set the real states to ``values`` (in ``REAL_STATES`` order), or to zeros."""
@@ -312,6 +357,7 @@ class FIDCallback(Callback):
             "split": "val",
             "dataset": _qualname(dataset),
             "num_real": len(dataset) if hasattr(dataset, "__len__") else "unknown",
+            "real_subset": self.num_real,
             "image_shape": list(first.shape[1:]),
             "first_images": _digest([first]),
             "feature_extractor": self._extractor_id,
@@ -417,14 +463,34 @@ def _first_val_loader(trainer: Trainer) -> DataLoader:
     return loader
 
 
-def _shard(loader: DataLoader, rank: int, world_size: int, batch_size: int) -> Iterable[Any]:
-    """The batches of items ``rank, rank + world_size, ...`` of the loader's dataset, without repeats."""
+def _real_indices(loader: DataLoader, num_real: int | None) -> list[int] | None:
+    """The dataset's items the real statistics take: all of them, or ``num_real`` at an even stride
+    (``None`` for an iterable dataset, which cannot be indexed)."""
     dataset = loader.dataset
-    if isinstance(dataset, IterableDataset):  # cannot index: stride over the loader's batches
+    if isinstance(dataset, IterableDataset):
+        return None
+    count = len(dataset)
+    if num_real is None or num_real >= count:
+        return list(range(count))
+    return [i * count // num_real for i in range(num_real)]
+
+
+def _shard(loader: DataLoader, indices: list[int] | None, rank: int, world_size: int,
+           batch_size: int) -> Iterable[Any]:
+    """The batches of items ``rank, rank + world_size, ...`` of ``indices`` of the loader's dataset,
+    without repeats (of every batch of an iterable dataset's loader, ``indices`` being ``None``)."""
+    dataset = loader.dataset
+    if indices is None:  # cannot index: stride over the loader's batches
         return (batch for i, batch in enumerate(loader) if i % world_size == rank)
-    return DataLoader(Subset(dataset, range(rank, len(dataset), world_size)),
+    return DataLoader(Subset(dataset, indices[rank::world_size]),
                       batch_size=loader.batch_size or batch_size, num_workers=loader.num_workers,
                       collate_fn=loader.collate_fn)
+
+
+def _progress(trainer: Trainer, description: str, total: int | None) -> tqdm:
+    """A console bar of an evaluation's images, shown on rank 0 while the trainer shows progress."""
+    shown = trainer.is_global_zero and trainer.progress_bar_callback is not None
+    return tqdm(total=total, desc=description, unit="img", file=sys.stdout, dynamic_ncols=True, disable=not shown)
 
 
 def _images(batch: Any) -> Tensor:

@@ -14,6 +14,7 @@ import torch
 from torchvision.utils import save_image
 
 from gan_modules.base import GANModule
+from gan_modules.callbacks import image_grid
 from gan_modules.checkpoint_io import read_checkpoint, temporary_path
 
 OUTPUT_SUFFIXES = (".pt", ".pth")
@@ -127,7 +128,7 @@ def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: 
     as_uint8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     tensor_bytes, grid_bytes = io.BytesIO(), io.BytesIO()
     torch.save(as_uint8, tensor_bytes)
-    save_image(as_uint8.float() / 255, grid_bytes, nrow=nrow, format="png")
+    save_image(image_grid(as_uint8.float() / 127.5 - 1, nrow), grid_bytes, format="png")  # the saved values
 
     temporaries: list[Path] = []
     target = output.parent

@@ -57,11 +57,11 @@ def test_the_default_logger_is_named_after_the_preset(tmp_path: Path) -> None:
     assert (built.trainer.logger.save_dir, built.trainer.logger.name) == ("runs", "wgan_mnist")
     assert built.trainer.logger._default_hp_metric is False
     assert type(built.trainer.logger).__name__ == "OneEventTensorBoardLogger"  # one event per log call
-    assert built.config.checkpoint.dirpath == str(Path("runs") / "wgan_mnist" / "checkpoints")
+    assert built.config.checkpoint.dirpath is None  # Lightning's layout: runs/wgan_mnist/version_N/checkpoints
     named = cli(["--config", str(ROOT / "configs" / "dcgan_mnist.yaml"),
                  "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name", "mine"])
     assert named.trainer.logger.name == "mine"  # a name the user gives is kept
-    assert named.config.checkpoint.dirpath == str(tmp_path / "mine" / "checkpoints")
+    assert Path(named.trainer.log_dir) == tmp_path / "mine" / "version_0"
 
 
 def test_fit_help_lists_every_hyperparameter_with_its_doc(monkeypatch, capsys) -> None:
@@ -73,8 +73,12 @@ def test_fit_help_lists_every_hyperparameter_with_its_doc(monkeypatch, capsys) -
         for name in package.__all__:
             cls = getattr(package, name)
             assert f"=== --{key} {name} ===" in help_text
-            section = help_text.split(f"=== --{key} {name} ===")[1].split("===")[0]
+            own = help_text.split(f"=== --{key} {name} ===")[1].split("===")[0]
+            # The arguments every model shares are listed once, with GANModule's defaults, which a
+            # model that passes them on unchanged (by **kwargs) keeps.
+            shared = help_text.split(f"=== --{key} every {key} ===")[1].split("===")[0] if key == "model" else ""
             for parameter, default in init_parameters(cls).items():
+                section = own if f"--{key}.{parameter} " in own else shared
                 assert f"--{key}.{parameter} " in section, f"{name}.{parameter} missing from fit --help"
                 entry = " ".join(section.split(f"--{key}.{parameter} ", 1)[1].split("\n  --")[0].split())
                 assert "default:" in entry, f"{name}.{parameter} has no documented default"
@@ -131,7 +135,7 @@ def test_fit_from_the_cli_then_sample(preset: str, tags: set[str], mnist_dir: Pa
          "--fid.enabled", "false",  # no FID: Inception weights cannot be downloaded here (tests/test_fid.py)
          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")], cwd=tmp_path)
     run_dir = tmp_path / "runs" / preset / "version_0"
-    checkpoint = tmp_path / "runs" / preset / "checkpoints" / "last.ckpt"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"  # the run's own folder: Lightning's layout
     assert checkpoint.is_file()
     state = torch.load(checkpoint, weights_only=True)["gan_state"]
     assert state["critic_steps"] == 2 * 64 // 8  # one critic step per batch, two epochs
@@ -146,6 +150,7 @@ def test_fit_from_the_cli_then_sample(preset: str, tags: set[str], mnist_dir: Pa
              "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false", "--fid.enabled", "false",
              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--ckpt_path", "last"], cwd=tmp_path)
         assert torch.load(checkpoint, weights_only=True)["gan_state"]["critic_steps"] == 3 * 64 // 8
+        assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]  # continued in its own folder
 
     output = tmp_path / "out" / "samples.pt"
     run(["sample", "--ckpt_path", str(checkpoint), "--num_samples", "10", "--output", str(output)], cwd=tmp_path)
@@ -223,8 +228,8 @@ def test_the_default_bar_draws_at_most_every_min_interval_and_keeps_the_count(mo
     # The clock is read to decide and again after a draw: the bar draws at batches 1, 3 and 5, a second
     # apart, and the epoch's closing line shows the batch the run stopped at, 6, not the last drawn.
     assert [n for desc, n in draws if desc.startswith("Epoch") and n] == [1, 3, 5, 6], draws
-    for bad in (-1, float("nan")):
-        with pytest.raises(ValueError, match=f"min_interval must be >= 0 seconds, got {bad}: give 0"):
+    for bad in (-1, float("nan"), 2.0):  # 2.0: over max_interval's 1.0
+        with pytest.raises(ValueError, match=f"needs 0 <= min_interval <= max_interval seconds, got {bad} and 1.0"):
             callbacks.OneDrawProgressBar(min_interval=bad)
 
 
@@ -235,7 +240,7 @@ def test_per_batch_hooks_a_callback_does_not_implement_are_skipped() -> None:
 
     preset = ["--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"), "--trainer.callbacks+=LearningRateMonitor"]
     callbacks = cli(preset).trainer.callbacks
-    assert len(callbacks) >= 8  # checkpoint, grids, monitor, FID, bar, summary, config saver, the user's own
+    assert len(callbacks) >= 7  # checkpoint, grids, monitor, FID, bar, config saver, the user's own
     for callback in callbacks:
         for hook in BATCH_HOOKS:
             implemented = getattr(type(callback), hook) is not getattr(Callback, hook)

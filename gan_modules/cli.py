@@ -1,0 +1,410 @@
+"""The command line: ``python train.py fit|validate|sample`` in a clone, ``lightning-gans ...`` installed.
+
+    python train.py fit --config configs/dcgan_mnist.yaml
+    python train.py fit --help
+    python train.py sample --ckpt_path last
+
+Each run logs and checkpoints into its own TensorBoard folder, ``runs/<preset>/version_N/`` (its
+checkpoints in ``checkpoints/`` there, Lightning's own layout); ``--ckpt_path last`` continues the
+preset's newest run in its folder, and ``sample`` takes ``last``, a run folder or a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import textwrap
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+import yaml
+from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.cli import LightningCLI
+
+import datamodules
+import gan_modules
+from gan_modules.base import GANModule
+from gan_modules.callbacks import FIDCallback, RunMonitor, SampleGridCallback, skip_unused_batch_hooks
+from gan_modules.checkpoint_io import (CheckpointReadError, CheckpointWriteError, GANCheckpoint, find_last_checkpoint,
+                                       read_checkpoint, resolve_checkpoint)
+from gan_modules.fid import InceptionWeightsError
+from gan_modules.run_integrity import CheckpointMismatchError, check_strategy, mismatch_error
+from gan_modules.sampling import load_generator_checkpoint, output_problem, write_samples
+
+# Errors whose message says it all: one line on stderr, no traceback.
+ONE_LINE_ERRORS = (CheckpointReadError, CheckpointWriteError, CheckpointMismatchError, InceptionWeightsError)
+
+
+SAMPLE_HELP = "Write images from a checkpoint's generator: a uint8 tensor file and a PNG grid beside it."
+
+
+class GANCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate``: a GAN has no test metric or predictions of its own (``sample`` writes
+        images)."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        """LightningCLI's parser, with ``sample`` listed beside its subcommands in ``train.py --help``.
+
+        LightningCLI builds a Trainer, a model and a datamodule for each of its subcommands, all of
+        which ``sample`` has no use for, so ``main`` runs ``sample`` before LightningCLI starts; it is
+        listed here only. jsonargparse keeps its subcommands in a private attribute: should an
+        upgrade drop it, ``--help`` omits ``sample`` (tests/test_sample.py says so) and nothing else
+        changes.
+        """
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        subcommands = getattr(self.parser, "_subcommands_action", None)
+        if add_subcommands and subcommands is not None:
+            subcommands.add_subcommand("sample", ArgumentParser(description=SAMPLE_HELP), help=SAMPLE_HELP)
+
+    def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
+        # The image shape is stated once, by the data, and handed to the model.
+        parser.link_arguments("data.image_shape", "model.init_args.image_shape", apply_on="instantiate")
+        # Checkpoints go to the run's own folder, runs/<preset>/version_N/checkpoints (Lightning's
+        # default when `--checkpoint.dirpath` is unset), so each belongs to its TensorBoard run.
+        parser.add_lightning_class_args(GANCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+        # FID is a group of its own, `--fid.*` (`--fid.enabled false` turns it off), so that every
+        # FID message can name a flag that exists.
+        parser.add_lightning_class_args(FIDCallback, "fid")
+        parser.add_lightning_class_args(SampleGridCallback, "sample_grid")
+        parser.add_lightning_class_args(RunMonitor, "run_monitor")
+        # `--help` lists the models' and datamodules' arguments too, not only `--model.help CLASS`, and
+        # each option in a line or two (its first sentence, type and default), not its whole docstring.
+        full_help = parser.format_help
+        parser.format_help = lambda: _short_help(full_help() + _class_arguments_help())
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``--ckpt_path last`` (or a run folder) to a file, and keep the configured model.
+
+        ``last`` is the newest ``last*.ckpt`` of the preset's runs (``runs/<preset>/version_*/``), or of
+        ``--checkpoint.dirpath`` when set; a ``fit`` continues in that run's folder (its TensorBoard
+        version), so the curves go on where they stopped. With nothing to continue it stops, naming the
+        folder searched, instead of training from scratch.
+
+        LightningCLI's own version merges the checkpoint's hyperparameters, class path included, over
+        the command line, and imports the module that class path names: a DCGAN checkpoint given to
+        the WGAN-GP preset would train a DCGAN. Here the configuration (preset and command line) always
+        decides; the checkpoint is only read (``weights_only``) to refuse another model class before
+        anything is built. ``GANModule.on_load_checkpoint`` then refuses, by flag, settings that would
+        change the saved weights' shapes.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        logger = _named_tensorboard_args(config)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last" or (ckpt_path and Path(ckpt_path).is_dir()):
+            config.ckpt_path = ckpt_path = str(self._checkpoint_to_continue(config, ckpt_path, logger))
+            version = _run_version(Path(ckpt_path), logger)
+            if subcommand == "fit" and version is not None and logger.get("version") is None:
+                logger.version = version  # continue in the run's own folder
+        if not ckpt_path or not Path(ckpt_path).is_file():  # `best`, `hpc`, a URL: Lightning resolves them
+            return
+        found = read_checkpoint(ckpt_path).get("gan_state", {}).get("model")
+        configured = str(config.model.class_path).rsplit(".", 1)[-1]
+        if found != configured:
+            raise mismatch_error(found, configured, f" {ckpt_path}")
+
+    @staticmethod
+    def _checkpoint_to_continue(config: Namespace, ckpt_path: str, logger: Namespace | None) -> Path:
+        if ckpt_path != "last":
+            return resolve_checkpoint(ckpt_path)
+        if config.checkpoint.dirpath is not None:
+            folder = Path(config.checkpoint.dirpath)
+        elif logger is not None and logger.get("save_dir") and logger.get("name"):
+            folder = Path(logger.save_dir) / logger.name
+        else:
+            folder = Path(config.trainer.get("default_root_dir") or ".")
+        found = find_last_checkpoint(folder)
+        if found is None:
+            raise CheckpointReadError(
+                f"--ckpt_path last: there is no run to continue in {folder} (no last*.ckpt in its "
+                f"version_*/checkpoints/ folders): start a new run without --ckpt_path, or check the preset and "
+                f"--trainer.logger.init_args.save_dir (or --checkpoint.dirpath) of the run to continue")
+        return found
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Lightning calls every hook of every callback on every batch, so FID switched off
+        # (`--fid.enabled false`) is left out rather than carried along doing nothing, and the
+        # per-batch hooks a callback does not implement are skipped.
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks = [c for c in trainer.callbacks if not (isinstance(c, FIDCallback) and not c.enabled)]
+        skip_unused_batch_hooks(trainer.callbacks)
+        return trainer
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        if self.trainer is None:
+            return
+        check_strategy(self.trainer.strategy)  # before any process is started
+        for callback in self.trainer.callbacks if self.subcommand else []:
+            if isinstance(callback, FIDCallback):  # its weights, before any work: offline, a one-line error
+                callback.build_metric()
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        _named_tensorboard_args(config)
+        _refresh_progress_bar_at_log_interval(config.trainer)
+
+
+def _named_tensorboard_args(config: Namespace) -> Namespace | None:
+    """The ``init_args`` of the configured TensorBoard logger (``None`` for another logger or none), with
+    the default logger's name set to the preset's: runs/<preset>/ (build_cli leaves it unset)."""
+    logger = config.trainer.get("logger")
+    args = getattr(logger, "init_args", None)
+    if args is None or "TensorBoardLogger" not in str(getattr(logger, "class_path", "")):
+        return None
+    if args.get("name") is None:
+        args.name = _preset_name(config.get("config"))
+    return args
+
+
+def _run_version(checkpoint: Path, logger: Namespace | None) -> int | None:
+    """N when ``checkpoint`` is ``<save_dir>/<name>/version_N/checkpoints/FILE`` of the configured logger."""
+    run = checkpoint.parent.parent
+    match = re.fullmatch(r"version_(\d+)", run.name)
+    if logger is None or match is None or checkpoint.parent.name != "checkpoints" or not logger.get("save_dir"):
+        return None
+    same = run.parent.resolve() == (Path(logger.save_dir) / str(logger.get("name"))).resolve()
+    return int(match.group(1)) if same else None
+
+
+def _refresh_progress_bar_at_log_interval(trainer: Namespace) -> None:
+    """Give the trainer a progress bar that redraws once every ``log_every_n_steps`` batches, and at
+    most every quarter of a second, unless the bar is off or the configuration brings its own.
+
+    Lightning's default bar redraws the terminal line twice after every batch, a fixed host cost per
+    step of about 5 % of a small network's step on a CPU (benchmarks/step_overhead.py), for a line
+    whose figures (the batch count and rate; the metrics are in TensorBoard) change little between
+    logs (:class:`~gan_modules.callbacks.OneDrawProgressBar`).
+    """
+    if trainer.get("enable_progress_bar") is False:
+        return
+    callbacks = trainer.get("callbacks") or []
+    if any(str(getattr(c, "class_path", "")).endswith("ProgressBar") for c in callbacks):
+        return
+    every = trainer.get("log_every_n_steps") or 50  # Lightning's default interval
+    trainer.callbacks = [*callbacks, Namespace(class_path="gan_modules.callbacks.OneDrawProgressBar",
+                                               init_args=Namespace(refresh_rate=every))]
+
+
+def _preset_name(config_files: list | None) -> str:
+    """The stem of the preset among the ``--config`` files: the first that sets ``model`` (trainer
+    fragments such as configs/trainer/cpu.yaml do not), else the first file; Lightning's
+    ``lightning_logs`` without one."""
+    files = [Path(path.absolute) for path in config_files or [] if getattr(path, "absolute", None)]
+    for path in files:
+        if "model" in (yaml.safe_load(path.read_text()) or {}):
+            return path.stem
+    return files[0].stem if files else "lightning_logs"
+
+
+def _class_arguments_help() -> str:
+    """The arguments of every model and datamodule; those every model shares (GANModule's) once."""
+    sections = []
+    for key, package, shared in (("model", gan_modules, GANModule), ("data", datamodules, None)):
+        classes = [getattr(package, name) for name in package.__all__]
+        for cls, title in ([(shared, f"every {key}")] if shared else []) + [(c, c.__name__) for c in classes]:
+            parser = ArgumentParser(prog=f"--{key} {title}")
+            parser.add_class_arguments(cls, key, skip=None if cls is shared or shared is None else _own_skip(cls, shared))
+            arguments = parser.format_help().split("\n\n", 2)[2]  # drop the usage and -h blocks
+            arguments = re.sub(rf"  --{key} CONFIG +Path to a configuration file.\n", "", arguments)
+            sections.append(f"\n=== --{key} {title} ===\n{arguments}")
+    return "".join(sections)
+
+
+def _own_skip(cls: type, shared: type) -> set[str]:
+    """The shared class's arguments that ``cls`` passes on unchanged (same default)."""
+    import inspect
+
+    own = inspect.signature(cls.__init__).parameters
+    return {name for name, parameter in inspect.signature(shared.__init__).parameters.items()
+            if name != "self" and name not in own}
+
+
+def _short_help(text: str, width: int = 100) -> str:
+    """argparse's help with a one-line usage and each option's description cut to its first sentence,
+    type and default (``python train.py fit --help`` documents some 150 options)."""
+    usage, _, body = text.partition("\n\n")
+    prog = re.match(r"usage: (.*?) \[-", " ".join(usage.split()) + " [-").group(1)
+    lines = [f"usage: {prog} [-h] [--config CONFIG] [--print_config[=flags]] [--KEY VALUE ...]", "",
+             "Each option's first sentence; `--model.help CLASS` (and --trainer.logger.help, ...) show a class in full.",
+             ""]
+    option = None
+
+    def flush() -> None:
+        if option is None:
+            return
+        invocation, description = option
+        if invocation.endswith("[CLASS_PATH_OR_NAME]") or re.fullmatch(r"  --\w+ CONFIG", invocation):
+            return  # `--X.help CLASS` (said once, at the top) and each group's own config file
+        description = " ".join(description.split())
+        cut = max(description.rfind(" (type: "), description.rfind(" (required, type: "))
+        details = "" if cut < 0 else re.sub(r", known subclasses:.*\)$", ")", description[cut:])
+        first = re.split(r"(?<=\.)\s", description[:cut] if cut >= 0 else description, maxsplit=1)[0]
+        wrapped = textwrap.wrap(first + details, width, initial_indent=" " * 8, subsequent_indent=" " * 8)
+        while len(wrapped) > 2 and len(first) > 40:  # two lines at most, the type and default kept
+            first = textwrap.shorten(first, len(first) - 10, placeholder=" ...")
+            wrapped = textwrap.wrap(first + details, width, initial_indent=" " * 8, subsequent_indent=" " * 8)
+        lines.extend([invocation, *wrapped])
+
+    for line in body.splitlines():
+        if line.startswith("  -") or line.startswith("  data.image_shape"):
+            flush()
+            invocation, _, description = line.strip().partition("  ")
+            option = ("  " + invocation, description)
+        elif line.startswith("    ") and option is not None:
+            option = (option[0], option[1] + " " + line)
+        else:
+            flush()
+            option = None
+            lines.append(line)
+    flush()
+    return "\n".join(lines) + "\n"
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> GANCLI:
+    """The LightningCLI of this project; ``args`` replace ``sys.argv`` (tests pass them)."""
+    return GANCLI(
+        GANModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        trainer_defaults={
+            # name None: the preset's name, set in GANCLI._parse_ckpt_path
+            "logger": {"class_path": "gan_modules.tensorboard.OneEventTensorBoardLogger",
+                       "init_args": {"save_dir": "runs", "default_hp_metric": False, "name": None}},
+            "plugins": [{"class_path": "gan_modules.checkpoint_io.AtomicCheckpointIO"}],
+            # Lightning's table shows "FLOPs 0" for a module without a forward on data; RunMonitor prints
+            # each network's parameter count instead.
+            "enable_model_summary": False,
+            # RunMonitor logs the hyperparameters at the end, with the final metrics and the data and
+            # trainer settings, not LightningCLI's internals.
+            "enable_autolog_hparams": False,
+        },
+        # A continued run (`--ckpt_path last`) writes its configuration into its own folder again.
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def sample_parser() -> argparse.ArgumentParser:
+    """The arguments of ``train.py sample``."""
+    parser = argparse.ArgumentParser(prog="train.py sample", description=SAMPLE_HELP)
+    parser.add_argument("--ckpt_path", default="last",
+                        help="a checkpoint written by `train.py fit`, a run folder (runs/dcgan_mnist/version_0: its "
+                             "last checkpoint), a preset's folder (runs/dcgan_mnist: its newest run's), or `last`: "
+                             "the newest run's under runs/ (default last)")
+    parser.add_argument("--num_samples", type=int, default=64, help="how many images (default 64)")
+    parser.add_argument("--output", default=None,
+                        help="uint8 N x C x H x W tensor file (.pt); the PNG grid goes beside it "
+                             "(default: samples.pt in the checkpoint's run folder)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latent noise (default 0)")
+    parser.add_argument("--nrow", type=int, default=8, help="images per row of the grid (default 8)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device to run the generator on")
+    return parser
+
+
+def sample(argv: list[str]) -> None:
+    """``train.py sample ARGS``: check every argument, then write the samples (``gan_modules.sampling``).
+
+    Every problem, with an argument, the checkpoint or the output, ends the process with one line
+    ``train.py sample: error: ...`` on stderr and exit status 2, and leaves no file half-written.
+    """
+    parser = sample_parser()
+    args = parser.parse_args(argv)
+
+    def fail(message: str) -> NoReturn:
+        # parser.error's format and exit status 2, without the usage block: one line on stderr.
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    # Every argument is checked before the checkpoint is read or anything is written.
+    if args.num_samples < 1:
+        fail(f"--num_samples must be at least 1, got {args.num_samples}.")
+    if args.nrow < 1:
+        fail(f"--nrow must be at least 1, got {args.nrow}.")
+    try:
+        ckpt_path = resolve_checkpoint(args.ckpt_path)
+    except CheckpointReadError as error:
+        fail(str(error))
+    output = args.output if args.output is not None else _run_folder(ckpt_path) / "samples.pt"
+    problem = output_problem(output)
+    if problem is not None:
+        fail(problem)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        fail(f"--device {args.device!r} is not a device: pass `--device cpu` or `--device cuda`.")
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= found:
+        choices = "`--device cpu`" + (f" or `--device cuda:N` with N from 0 to {found - 1}" if found else "")
+        fail(f"--device {args.device} is not a CUDA device of this machine ({found} found): pass {choices}.")
+
+    try:
+        model = load_generator_checkpoint(ckpt_path, map_location=args.device)
+        grid = write_samples(model, args.num_samples, output, args.seed, args.nrow)
+    except (OSError, ValueError) as error:
+        fail(error.strerror if isinstance(error, OSError) and error.strerror else str(error))
+    print(f"wrote {args.num_samples} samples of {ckpt_path} to {output} and the grid to {grid}")
+
+
+def _run_folder(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to: the one above its ``checkpoints/`` folder, else its own."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def _quiet_console() -> None:
+    """What a user should not have to read: Lightning's advert tips, a deprecation inside Lightning's
+    own pytree use, and each warning's source line (warnings print on one line each)."""
+    class NoTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Tip:" not in str(record.msg)
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(NoTips())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {' '.join(str(message).split())}\n"
+
+
+def _packaged_presets(argv: list[str]) -> list[str]:
+    """``--config configs/NAME.yaml`` (or ``NAME.yaml``) from the installed package's presets when no
+    such file is here: an installed ``lightning-gans`` runs the presets without the repository."""
+    presets = resources.files("gan_modules") / "configs"
+    resolved = list(argv)
+    for i, value in enumerate(argv[1:], start=1):
+        if argv[i - 1] == "--config" and not Path(value).exists():
+            candidate = presets.joinpath(*Path(value.removeprefix("configs/")).parts)
+            if candidate.is_file():
+                resolved[i] = str(candidate)
+    return resolved
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``train.py fit|validate|sample ...``; ``argv`` replaces ``sys.argv[1:]``."""
+    args = sys.argv[1:] if argv is None else argv
+    # `sample` reads a checkpoint and needs no Trainer, model or data, which LightningCLI would build.
+    if args[:1] == ["sample"]:
+        sample(args[1:])
+        return
+    _quiet_console()
+    args = _packaged_presets(args)
+    if argv is None:
+        sys.argv[1:] = args  # LightningCLI warns when given both sys.argv and args
+    try:
+        build_cli(None if argv is None else args)
+    except ONE_LINE_ERRORS as error:  # the message says it all
+        print(f"train.py: error: {error}", file=sys.stderr)
+        sys.exit(2)

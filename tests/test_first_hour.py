@@ -1,0 +1,144 @@
+"""A newcomer's first hour: the main command offline, the run layout that `sample` and `--ckpt_path last`
+rely on, the console, the logged hyperparameters and the outputs."""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import gan_modules
+from gan_modules.callbacks import OneDrawProgressBar, image_grid
+from conftest import write_mnist
+from train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model.generator_width", "4", "--model.critic_width", "4", "--data.batch_size", "8",
+        "--trainer.enable_progress_bar", "false"]
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, cwd: Path, *args: str) -> None:
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["train.py", *args])
+    main()
+
+
+def test_offline_fid_stops_at_once_with_one_line_naming_both_ways_out(monkeypatch, capsys, tmp_path) -> None:
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(inception, "load_state_dict_from_url", offline)  # offline even where there is network
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no cached weights either
+    data = write_mnist(tmp_path / "data")
+    with pytest.raises(SystemExit) as stop:
+        run_main(monkeypatch, tmp_path, "fit", "--config", str(ROOT / "configs" / "dcgan_mnist.yaml"),
+                 "--data.data_dir", str(data))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error: FID needs the Inception-v3 weights"), err
+    assert "`--fid.enabled false`" in err[0] and "`--fid.weights_path PATH`" in err[0]
+    assert not (tmp_path / "runs").exists()  # stopped before any work: no empty TensorBoard run
+
+
+@pytest.mark.slow
+def test_a_run_that_stops_in_setup_leaves_no_run_folder(monkeypatch, tmp_path) -> None:
+    data = write_mnist(tmp_path / "data", n_train=16)
+    with pytest.raises(ValueError, match="batch"):  # 16 training images, batches of 64: nothing to train on
+        run_main(monkeypatch, tmp_path, "fit", "--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"),
+                 "--data.data_dir", str(data), "--fid.enabled", "false", "--data.batch_size", "64")
+    assert list((tmp_path / "runs" / "wgan_gp_mnist").glob("version_*")) == []
+
+
+@pytest.mark.slow
+def test_sample_last_takes_the_run_just_trained_and_resume_continues_it(monkeypatch, capsys, tmp_path) -> None:
+    data = write_mnist(tmp_path / "data")
+    preset = ["fit", "--config", str(ROOT / "configs" / "dcgan_mnist.yaml"), "--data.data_dir", str(data),
+              "--fid.enabled", "false", "--trainer.max_epochs", "1", *TINY]
+    for seed in (1, 2):  # two runs that differ
+        run_main(monkeypatch, tmp_path, *preset, "--seed_everything", str(seed))
+    runs = tmp_path / "runs" / "dcgan_mnist"
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    samples = {}
+    for spec in ("last", "runs/dcgan_mnist", "runs/dcgan_mnist/version_0", "runs/dcgan_mnist/version_1"):
+        output = tmp_path / "out" / f"{spec.replace('/', '_')}.pt"
+        run_main(monkeypatch, tmp_path, "sample", "--ckpt_path", spec, "--num_samples", "4", "--output", str(output))
+        samples[spec] = torch.load(output, weights_only=True)
+    assert torch.equal(samples["last"], samples["runs/dcgan_mnist/version_1"])  # the newest run
+    assert torch.equal(samples["runs/dcgan_mnist"], samples["runs/dcgan_mnist/version_1"])
+    assert not torch.equal(samples["last"], samples["runs/dcgan_mnist/version_0"])
+    # Without --output the samples go into the run's own folder, not the working directory.
+    run_main(monkeypatch, tmp_path, "sample", "--num_samples", "4")
+    assert (runs / "version_1" / "samples.pt").is_file() and (runs / "version_1" / "samples.png").is_file()
+    assert not (tmp_path / "samples.pt").exists()
+
+    # `--ckpt_path last` continues the newest run in its own folder; continuing the older one makes it the newest.
+    run_main(monkeypatch, tmp_path, *preset[:-2 - len(TINY)], *TINY, "--trainer.max_epochs", "2",
+             "--ckpt_path", "runs/dcgan_mnist/version_0")
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    assert torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    run_main(monkeypatch, tmp_path, "sample", "--ckpt_path", "last", "--num_samples", "4",
+             "--output", str(tmp_path / "again.pt"))
+    assert "version_0" in capsys.readouterr().out
+
+    # The HPARAMS: what runs are compared by, with FID off, in plain YAML.
+    hparams = yaml.safe_load((runs / "version_0" / "hparams.yaml").read_text())
+    assert hparams["model"] == "DCGAN" and hparams["data"] == "MNISTDataModule"
+    assert hparams["data.batch_size"] == 8 and hparams["trainer.max_epochs"] == 2
+    assert hparams["trainer.precision"] == "32-true" and hparams["model.image_shape"] == "[1, 28, 28]"
+    assert "hp/final_critic_loss" in hparams and not any(key.startswith("model._") for key in hparams)
+
+
+def test_ckpt_path_last_without_a_run_stops_naming_the_folder(monkeypatch, capsys, tmp_path) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run_main(monkeypatch, tmp_path, "fit", "--config", str(ROOT / "configs" / "wgan_mnist.yaml"),
+                 "--fid.enabled", "false", "--ckpt_path", "last")
+    assert stop.value.code == 2
+    assert "there is no run to continue in runs/wgan_mnist" in capsys.readouterr().err
+
+
+def test_the_cli_lists_only_subcommands_that_work(monkeypatch, capsys) -> None:
+    for missing in ("test", "predict"):
+        monkeypatch.setattr(sys, "argv", ["train.py", missing, "--help"])
+        with pytest.raises(SystemExit):
+            main()
+        assert "invalid choice" in capsys.readouterr().err
+
+
+def test_fit_help_is_short(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    text = capsys.readouterr().out
+    assert len(text.splitlines()) < 400 and "--fid.feature" in text and "--trainer.max_epochs" in text
+
+
+def test_forward_maps_noise_to_images() -> None:
+    model = gan_modules.WGANGP(image_shape=(1, 16, 16), latent_dim=8, generator_width=4, critic_width=4)
+    images = model(torch.randn(3, 8))
+    assert images.shape == (3, 1, 16, 16) and images.requires_grad and images.abs().max() <= 1
+
+
+def test_the_progress_bar_shows_the_losses(tmp_path) -> None:
+    from lightning.pytorch import Trainer
+
+    bar = OneDrawProgressBar()
+    trainer = Trainer(logger=False, callbacks=[bar], default_root_dir=tmp_path)
+    trainer.callback_metrics.update({"train/critic_loss": torch.tensor(-1.5), "train/wasserstein": torch.tensor(2.0),
+                                     "train/real_score": torch.tensor(3.0)})
+    shown = bar.get_metrics(trainer, gan_modules.WGAN(image_shape=(1, 16, 16)))
+    assert shown["critic_loss"] == "-1.5" and shown["wasserstein"] == "2" and "real_score" not in shown
+
+
+def test_sample_grids_are_white_lined_and_readable() -> None:
+    digits = -torch.ones(64, 1, 28, 28)  # black images, as MNIST's backgrounds
+    grid = image_grid(digits, nrow=8)
+    assert grid.shape[-1] >= 480  # 242 px before: scaled up by whole pixels
+    assert grid[:, 0, :].min() == 1.0 and grid[:, :, 0].min() == 1.0  # the lines between images are white
+    scale = (grid.shape[-1] - 2) // 8 // 28  # a 28-pixel digit plus its line, in whole pixels
+    assert grid.shape[-1] == 8 * 28 * scale + 9 * 2 * scale
