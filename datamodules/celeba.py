@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchvision.datasets import CelebA
 
 from datamodules.image_cache import ImageFilesDataModule, ImageList
+from gan_modules.flags import advice
 
 _IMAGES = "img_align_celeba"
 _ZIP = "img_align_celeba.zip"
@@ -78,9 +79,9 @@ class CelebADataModule(ImageFilesDataModule):
         on_device: bool = False,
     ) -> None:
         if crop not in ("center178", "face"):
-            raise ValueError(f"crop must be 'center178' or 'face', got {crop!r}: set `--data.crop`.")
+            raise ValueError(advice(f"crop must be 'center178' or 'face', got {crop!r}: set `--data.crop`."))
         if split not in ("official", "all"):
-            raise ValueError(f"split must be 'official' or 'all', got {split!r}: set `--data.split`.")
+            raise ValueError(advice(f"split must be 'official' or 'all', got {split!r}: set `--data.split`."))
         super().__init__(data_dir, batch_size, num_workers, image_size, crop, 3, cache, cache_dir, strict,
                          on_device=on_device)
         self.split = split
@@ -131,14 +132,14 @@ class CelebADataModule(ImageFilesDataModule):
         missing = sorted(set(partition) - set(files))
         if missing:
             raise RuntimeError(
-                f"the CelebA partition file lists {len(missing)} images that are not in {folder}, e.g. "
+                advice(f"the CelebA partition file lists {len(missing)} images that are not in {folder}, e.g. "
                 f"{', '.join(missing[:5])}: the folder is incomplete. Extract {_ZIP} again (from {_SOURCE}), "
-                f"or set `--data.split all` to use the images that are there.")
+                f"or set `--data.split all` to use the images that are there."))
         train = [row for row, name in enumerate(files) if partition.get(name) == _TRAIN]
         val = [row for row, name in enumerate(files) if partition.get(name) == _VAL]
         if not train or not val:
-            raise RuntimeError(f"the CelebA partition file gives {len(train)} training and {len(val)} validation "
-                               f"images in {folder}: it needs both. Set `--data.split all` to use every image.")
+            raise RuntimeError(advice(f"the CelebA partition file gives {len(train)} training and {len(val)} validation "
+                               f"images in {folder}: it needs both. Set `--data.split all` to use every image."))
         return ImageList(folder, files, train, val)
 
     def _partition(self, folder: Path) -> dict[str, int]:
@@ -147,9 +148,9 @@ class CelebADataModule(ImageFilesDataModule):
         path = next((place / name for place in places for name in _PARTITIONS if (place / name).is_file()), None)
         if path is None:
             raise RuntimeError(
-                f"CelebA's partition file {_PARTITIONS[0]} is not beside {folder} (looked in "
+                advice(f"CelebA's partition file {_PARTITIONS[0]} is not beside {folder} (looked in "
                 f"{', '.join(str(place) for place in places)}): put it there (from {_SOURCE}), or set "
-                f"`--data.split all` to train on every image without it.")
+                f"`--data.split all` to train on every image without it."))
         partition = {}
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             fields = line.replace(",", " ").split()
@@ -164,10 +165,10 @@ class CelebADataModule(ImageFilesDataModule):
     def _missing_error(self, why: str) -> RuntimeError:
         root = Path(self.data_dir) / "celeba"
         return RuntimeError(
-            f"CelebA is not in {self.data_dir}. Get img_align_celeba.zip and list_eval_partition.txt from "
+            advice(f"CelebA is not in {self.data_dir}. Get img_align_celeba.zip and list_eval_partition.txt from "
             f"{_SOURCE}, and put them by hand as {root / _ZIP} (extracted on the next run) or as the extracted "
             f"{root / _IMAGES}/000001.jpg ..., with {root / _PARTITIONS[0]}; or point `--data.data_dir` at "
-            f"the folder that holds celeba/. Why they were not found: {' '.join(why.split())}")
+            f"the folder that holds celeba/. Why they were not found: {' '.join(why.split())}"))
 
 
 def _is_html(path: Path) -> bool:

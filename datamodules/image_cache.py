@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms.v2 import functional as TF
 
 from datamodules.pipeline import GatheredBatch, ImageDataModule, UInt8ImageDataset, batch_collate, check_int, to_unit_range
+from gan_modules.flags import advice
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -149,7 +150,7 @@ def report_unreadable(unreadable: dict[str, str], total: int, folder: Path, stri
     if len(unreadable) == total:
         raise RuntimeError(f"{message} Delete or replace them.")
     if strict:
-        raise RuntimeError(f"{message} Delete or replace them, or set `--data.strict false` to skip them.")
+        raise RuntimeError(advice(f"{message} Delete or replace them, or set `--data.strict false` to skip them."))
     rank_zero_warn(f"{message} They are skipped; delete or replace them, or set `--data.strict true` to stop on them.")
 
 
@@ -176,8 +177,8 @@ class ImageFileDataset(Dataset):
             image = load_image(path, self.crop, self.size, self.channels)
         except _UNREADABLE_ERRORS as error:
             if self.strict:
-                raise RuntimeError(f"cannot read image {path} ({error}): delete or replace it, or set "
-                                   f"`--data.strict false` to skip unreadable images.") from error
+                raise RuntimeError(advice(f"cannot read image {path} ({error}): delete or replace it, or set "
+                                   f"`--data.strict false` to skip unreadable images.")) from error
             if not self._warned:
                 self._warned = True
                 rank_zero_warn(f"cannot read image {path} ({error}); it is skipped, and further unreadable images "
@@ -190,8 +191,8 @@ def skip_unreadable_collate(items: list[Any]) -> Any:
     """``default_collate`` without the ``None`` items of unreadable files."""
     readable = [item for item in items if item is not None]
     if not readable:
-        raise RuntimeError(f"all {len(items)} images of a batch are unreadable: set `--data.cache true` to find "
-                           f"and skip them once, with their names, before training.")
+        raise RuntimeError(advice(f"all {len(items)} images of a batch are unreadable: set `--data.cache true` to find "
+                           f"and skip them once, with their names, before training."))
     return default_collate(readable)
 
 
@@ -283,9 +284,9 @@ def _allocate(path: Path, shape: tuple[int, ...]) -> np.memmap:
             with path.open("r+b") as file:
                 os.posix_fallocate(file.fileno(), 0, path.stat().st_size)
     except OSError as error:
-        raise RuntimeError(f"cannot write the {mebibytes:,.1f} MiB image cache in {path.parent} ({error}): set "
+        raise RuntimeError(advice(f"cannot write the {mebibytes:,.1f} MiB image cache in {path.parent} ({error}): set "
                            f"`--data.cache_dir` to a writable folder with room, or `--data.cache false` to decode "
-                           f"while training.") from error
+                           f"while training.")) from error
     return array
 
 
@@ -403,11 +404,11 @@ class ImageFilesDataModule(ImageDataModule):
         super().__init__(batch_size, num_workers, on_device=on_device)
         check_int("image_size", image_size, 1)
         if on_device and not cache:
-            raise ValueError("on_device keeps the decoded training images on the device, but cache is false, so "
+            raise ValueError(advice("on_device keeps the decoded training images on the device, but cache is false, so "
                              "they are decoded per batch and never held: set `--data.cache true`, or "
-                             "`--data.on_device false`.")
+                             "`--data.on_device false`."))
         if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}: set `--data.channels`.")
+            raise ValueError(advice(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}: set `--data.channels`."))
         self.data_dir = data_dir
         self.image_size = image_size
         self.crop = crop

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 
 from datamodules.image_cache import IMAGE_EXTENSIONS, Crop, ImageFilesDataModule, ImageList, find_images
+from gan_modules.flags import advice
 
 
 class ImageFolderDataModule(ImageFilesDataModule):
@@ -59,9 +60,9 @@ class ImageFolderDataModule(ImageFilesDataModule):
         on_device: bool = False,
     ) -> None:
         if crop not in ("center", "center178", "face"):
-            raise ValueError(f"crop must be 'center', 'center178' or 'face', got {crop!r}: set `--data.crop`.")
+            raise ValueError(advice(f"crop must be 'center', 'center178' or 'face', got {crop!r}: set `--data.crop`."))
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}: set `--data.val_fraction`.")
+            raise ValueError(advice(f"val_fraction must be in [0, 1), got {val_fraction}: set `--data.val_fraction`."))
         super().__init__(data_dir, batch_size, num_workers, image_size, crop, channels, cache, cache_dir, strict,
                          on_device=on_device)
         self.val_fraction = val_fraction
@@ -70,17 +71,17 @@ class ImageFolderDataModule(ImageFilesDataModule):
     def image_list(self) -> ImageList:
         root = Path(self.data_dir)
         if not root.is_dir():
-            raise RuntimeError(f"the image folder {root} does not exist: set `--data.data_dir` to a folder of images.")
+            raise RuntimeError(advice(f"the image folder {root} does not exist: set `--data.data_dir` to a folder of images."))
         files = find_images(root, skip=self.cache_dir)
         if not files:
-            raise RuntimeError(f"no images in {root} or its subfolders (looked for {', '.join(IMAGE_EXTENSIONS)}): "
-                               f"set `--data.data_dir` to a folder of images.")
+            raise RuntimeError(advice(f"no images in {root} or its subfolders (looked for {', '.join(IMAGE_EXTENSIONS)}): "
+                               f"set `--data.data_dir` to a folder of images."))
         if self.val_fraction == 0:
             everything = list(range(len(files)))
             return ImageList(root, files, everything, everything)
         num_val = max(1, round(self.val_fraction * len(files)))
         if num_val >= len(files):
-            raise RuntimeError(f"{root} holds {len(files)} images, too few to hold out {self.val_fraction:.0%} for "
-                               f"validation: add images or lower `--data.val_fraction` (0 validates on the training images).")
+            raise RuntimeError(advice(f"{root} holds {len(files)} images, too few to hold out {self.val_fraction:.0%} for "
+                               f"validation: add images or lower `--data.val_fraction` (0 validates on the training images)."))
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
         return ImageList(root, files, sorted(order[num_val:]), sorted(order[:num_val]))

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
 
 from datamodules.pipeline import ImageDataModule, UInt8ImageDataset, check_int, resize_uint8
+from gan_modules.flags import advice
 
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _SOURCE = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -110,10 +111,10 @@ class MNISTDataModule(ImageDataModule):
 
     def _missing_files_error(self, why: str) -> RuntimeError:
         return RuntimeError(
-            f"MNIST is not in {self.raw_folder}: put the files {', '.join(_FILES)} there (or, with "
+            advice(f"MNIST is not in {self.raw_folder}: put the files {', '.join(_FILES)} there (or, with "
             f"`--data.download true`, their .gz archives from {_SOURCE}, which are extracted), or point "
             f"`--data.data_dir` at the folder that holds MNIST/raw/. Missing: {', '.join(self._missing())}. "
-            f"Why they were not fetched: {' '.join(why.split())}"
+            f"Why they were not fetched: {' '.join(why.split())}")
         )
 
 
@@ -142,5 +143,5 @@ def _idx_shape(path: Path, magic: int, kind: str) -> tuple[int, ...]:
 
 def _corrupt_file_error(path: Path, what: str) -> RuntimeError:
     return RuntimeError(
-        f"the MNIST file {path} is corrupt: {what}. Replace it with the original (delete it and run again with "
-        f"`--data.download true`, or put it there from {_SOURCE}, gunzipped).")
+        advice(f"the MNIST file {path} is corrupt: {what}. Replace it with the original (delete it and run again with "
+        f"`--data.download true`, or put it there from {_SOURCE}, gunzipped)."))

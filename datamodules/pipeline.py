@@ -15,6 +15,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from gan_modules.flags import advice
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -53,7 +54,7 @@ def resize_uint8(images: Tensor, size: int) -> Tensor:
 def check_int(flag: str, value: Any, least: int) -> None:
     """Raise a ValueError naming ``--data.<flag>`` unless ``value`` is an int >= ``least``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{flag} must be an integer >= {least}, got {value!r}: set `--data.{flag}`.")
+        raise ValueError(advice(f"{flag} must be an integer >= {least}, got {value!r}: set `--data.{flag}`."))
 
 
 _NOT_RESUMABLE_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
@@ -189,9 +190,9 @@ class ImageDataModule(LightningDataModule):
             check_int(flag, value, least)
         if on_device and num_workers > 0:
             # An error rather than a silent 0: the user asked for workers, and would not see them dropped.
-            raise ValueError(f"on_device keeps the training images on the device and gathers each batch there, in "
+            raise ValueError(advice(f"on_device keeps the training images on the device and gathers each batch there, in "
                              f"the training process, so DataLoader workers have nothing to do, but num_workers is "
-                             f"{num_workers}: set `--data.num_workers 0`, or `--data.on_device false`.")
+                             f"{num_workers}: set `--data.num_workers 0`, or `--data.on_device false`."))
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.on_device = on_device
@@ -226,9 +227,9 @@ class ImageDataModule(LightningDataModule):
             fix = (f"Set `--data.batch_size` to at most {per_device}, or train on more images or fewer devices"
                    if per_device else f"Train on at most {len(self.train_set)} devices, or on more images")
             raise ValueError(
-                f"the training set has {len(self.train_set)} images, fewer than one batch of {self.batch_size} on "
+                advice(f"the training set has {len(self.train_set)} images, fewer than one batch of {self.batch_size} on "
                 f"{devices}: incomplete batches are dropped, so nothing would train. {fix} (`--trainer.devices`, "
-                f"`--trainer.num_nodes`).")
+                f"`--trainer.num_nodes`)."))
 
     def train_dataloader(self) -> DataLoader:
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

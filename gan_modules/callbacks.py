@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from gan_modules.fid import FIDCallback
+from gan_modules.flags import advice
 
 __all__ = ["FIDCallback", "OneDrawProgressBar", "RunMonitor", "SampleGridCallback", "image_grid",
            "skip_unused_batch_hooks"]
@@ -89,8 +90,8 @@ class SampleGridCallback(Callback):
 
     def __init__(self, num_samples: int = 64, nrow: int = 8, every_n_epochs: int = 1, seed: int = 0) -> None:
         if num_samples < 1 or nrow < 2 or every_n_epochs < 1:
-            raise ValueError("SampleGridCallback needs num_samples >= 1, nrow >= 2 and every_n_epochs >= 1: "
-                             "set `--sample_grid.*`.")
+            raise ValueError(advice("SampleGridCallback needs num_samples >= 1, nrow >= 2 and every_n_epochs >= 1: "
+                             "set `--sample_grid.*`."))
         self.num_samples = num_samples
         self.nrow = nrow
         self.every_n_epochs = every_n_epochs

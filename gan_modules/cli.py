@@ -34,6 +34,7 @@ from gan_modules.callbacks import FIDCallback, RunMonitor, SampleGridCallback, s
 from gan_modules.checkpoint_io import (CheckpointReadError, CheckpointWriteError, GANCheckpoint, find_last_checkpoint,
                                        read_checkpoint, resolve_checkpoint)
 from gan_modules.fid import InceptionWeightsError
+from gan_modules.flags import on_the_command_line
 from gan_modules.run_integrity import CheckpointMismatchError, check_strategy, mismatch_error
 from gan_modules.sampling import load_generator_checkpoint, output_problem, write_samples
 
@@ -274,7 +275,13 @@ def _short_help(text: str, width: int = 100) -> str:
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> GANCLI:
-    """The LightningCLI of this project; ``args`` replace ``sys.argv`` (tests pass them)."""
+    """The LightningCLI of this project; ``args`` replace ``sys.argv`` (tests pass them). Its errors name
+    command-line flags (``--model.n_critic``), where the Python API's name arguments (``n_critic``)."""
+    with on_the_command_line():
+        return _build_cli(args, run)
+
+
+def _build_cli(args: list[str] | None, run: bool) -> GANCLI:
     return GANCLI(
         GANModule,
         LightningDataModule,
@@ -354,8 +361,9 @@ def sample(argv: list[str]) -> None:
         fail(f"--device {args.device} is not a CUDA device of this machine ({found} found): pass {choices}.")
 
     try:
-        model = load_generator_checkpoint(ckpt_path, map_location=args.device)
-        grid = write_samples(model, args.num_samples, output, args.seed, args.nrow)
+        with on_the_command_line():
+            model = load_generator_checkpoint(ckpt_path, map_location=args.device)
+            grid = write_samples(model, args.num_samples, output, args.seed, args.nrow)
     except (OSError, ValueError) as error:
         fail(error.strerror if isinstance(error, OSError) and error.strerror else str(error))
     print(f"wrote {args.num_samples} samples of {ckpt_path} to {output} and the grid to {grid}")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from tqdm import tqdm
+from gan_modules.flags import advice
 
 INCEPTION_FEATURES = (64, 192, 768, 2048)
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
@@ -76,14 +77,14 @@ def build_fid_metric(feature: int | nn.Module = 2048, weights_path: str | None =
             raise
         reason = getattr(error, "reason", None) or error
         raise InceptionWeightsError(
-            f"FID needs the Inception-v3 weights, and they could not be downloaded ({reason}). Either turn FID "
+            advice(f"FID needs the Inception-v3 weights, and they could not be downloaded ({reason}). Either turn FID "
             f"off with `--fid.enabled false`, or give a local copy of {WEIGHTS_FILE} "
             f"({URL_INCEPTION_V3}) with `--fid.weights_path PATH` or put it in "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints'}.") from None
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'}.")) from None
     except RuntimeError as error:  # load_state_dict: keys or shapes that are not torch-fidelity's
         raise InceptionWeightsError(
-            f"{weights_path} does not hold torch-fidelity's Inception-v3 weights ({' '.join(str(error).split())[:200]}): "
-            f"`--fid.weights_path` needs the file {WEIGHTS_FILE}.") from None
+            advice(f"{weights_path} does not hold torch-fidelity's Inception-v3 weights ({' '.join(str(error).split())[:200]}): "
+            f"`--fid.weights_path` needs the file {WEIGHTS_FILE}.")) from None
 
 
 def _check_weights_file(path: str) -> None:
@@ -93,12 +94,12 @@ def _check_weights_file(path: str) -> None:
         torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise InceptionWeightsError(
-            f"No Inception weights file at {path}: set `--fid.weights_path` to the downloaded "
-            f"{WEIGHTS_FILE} ({URL_INCEPTION_V3}), or turn FID off with `--fid.enabled false`.") from None
+            advice(f"No Inception weights file at {path}: set `--fid.weights_path` to the downloaded "
+            f"{WEIGHTS_FILE} ({URL_INCEPTION_V3}), or turn FID off with `--fid.enabled false`.")) from None
     except Exception as error:  # unpickling errors of many types
         raise InceptionWeightsError(
-            f"{path} is not a PyTorch state dict of tensors ({error}): `--fid.weights_path` needs "
-            f"torch-fidelity's {WEIGHTS_FILE}.") from None
+            advice(f"{path} is not a PyTorch state dict of tensors ({error}): `--fid.weights_path` needs "
+            f"torch-fidelity's {WEIGHTS_FILE}.")) from None
 
 
 class FIDCallback(Callback):
@@ -165,7 +166,7 @@ class FIDCallback(Callback):
 
     def __init__(
         self,
-        feature: int | Callable[[Tensor], Tensor] = 2048,
+        feature: int | nn.Module = 2048,
         weights_path: str | None = None,
         num_samples: int | None = None,
         num_real: int | None = None,
@@ -178,7 +179,7 @@ class FIDCallback(Callback):
         for name, value, least in (("num_samples", num_samples, 2), ("num_real", num_real, 2),
                                    ("every_n_epochs", every_n_epochs, 1), ("batch_size", batch_size, 1)):
             if value is not None and value < least:  # FID needs two samples for a covariance
-                raise ValueError(f"{name} must be at least {least}, got {value}: set `--fid.{name}`.")
+                raise ValueError(advice(f"{name} must be at least {least}, got {value}: set `--fid.{name}`."))
         self.num_features = _num_features(feature)
         self.feature = feature
         self.weights_path = weights_path
@@ -212,8 +213,8 @@ class FIDCallback(Callback):
         chunks = -(-self.num_samples // self.batch_size)
         if chunks < trainer.world_size:  # a rank without samples could not compute (and would hang the rest)
             raise ValueError(
-                f"FID splits {self.num_samples} samples into {chunks} chunks of {self.batch_size}, fewer than the "
-                f"{trainer.world_size} processes: lower `--fid.batch_size` or raise `--fid.num_samples`."
+                advice(f"FID splits {self.num_samples} samples into {chunks} chunks of {self.batch_size}, fewer than the "
+                f"{trainer.world_size} processes: lower `--fid.batch_size` or raise `--fid.num_samples`.")
             )
         self.build_metric()
         self.metric.to(trainer.strategy.root_device)
@@ -410,8 +411,8 @@ def _num_features(feature: int | nn.Module) -> int:
                              f"(its output width); {_qualname(feature)} has {num_features!r}.")
         return num_features
     if feature not in INCEPTION_FEATURES:
-        raise ValueError(f"feature must be one of the Inception layers {INCEPTION_FEATURES} or an nn.Module, "
-                         f"got {feature!r}: set `--fid.feature`.")
+        raise ValueError(advice(f"feature must be one of the Inception layers {INCEPTION_FEATURES} or an nn.Module, "
+                         f"got {feature!r}: set `--fid.feature`."))
     return feature
 
 

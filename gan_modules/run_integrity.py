@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from gan_modules.checkpoint_io import read_checkpoint
+from gan_modules.flags import advice
 
 # The values the finiteness checks watch, by the names they are logged under: each network's loss at
 # every step and the gradient norms of its latest update.
@@ -290,9 +291,9 @@ class RunIntegrity(LightningModule):
                 mine, theirs = list(mine), list(theirs)
             if mine != theirs:
                 raise CheckpointMismatchError(
-                    f"The checkpoint{source} was trained with {name}={saved[name]!r}, but this run is configured with "
+                    advice(f"The checkpoint{source} was trained with {name}={saved[name]!r}, but this run is configured with "
                     f"{self.hparams[name]!r}: set {flag} to match it (the weights' shapes depend on it), or start a "
-                    f"new run without `--ckpt_path`."
+                    f"new run without `--ckpt_path`.")
                 )
 
     def _prefer_configured_optimizer_settings(self, checkpoint: dict[str, Any]) -> None:
@@ -334,16 +335,16 @@ class RunIntegrity(LightningModule):
         source = self._checkpoint_source()
         if not saved:
             raise CheckpointMismatchError(
-                f"The checkpoint{source} was trained without a learning-rate schedule, so it has no place in one: "
-                f"continue it with `--model.lr_schedule none`, or start a new run with `--model.lr_schedule linear`."
+                advice(f"The checkpoint{source} was trained without a learning-rate schedule, so it has no place in one: "
+                f"continue it with `--model.lr_schedule none`, or start a new run with `--model.lr_schedule linear`.")
             )
         done, length = saved[0].get("last_epoch", 0), saved[0].get("total_iters", 0)
         if done >= length and configured[0].total_iters > done:
             raise CheckpointMismatchError(
-                f"The checkpoint{source} finished its linear decay at generator update {done}, where the learning "
+                advice(f"The checkpoint{source} finished its linear decay at generator update {done}, where the learning "
                 f"rates reached 0: continued to `--model.max_generator_steps {configured[0].total_iters}` it would "
                 f"train at rate 0. Continue it with `--model.lr_schedule none` (the configured rates), or start a "
-                f"new run with the longer schedule."
+                f"new run with the longer schedule.")
             )
 
 
@@ -372,28 +373,28 @@ def check_strategy(strategy: Any) -> None:
         # Pinned by tests/test_lightning_internals.py: private attributes of Lightning's DDPStrategy.
         if getattr(strategy, "_start_method", "popen") != "popen":
             raise ValueError(
-                f"DDP with processes started by {strategy._start_method} (ddp_spawn, ddp_fork, ddp_notebook) is not "
+                advice(f"DDP with processes started by {strategy._start_method} (ddp_spawn, ddp_fork, ddp_notebook) is not "
                 f"supported: it hands the run back to the first process by pickling, and only the weights "
                 f"come back. Use `--trainer.strategy ddp_find_unused_parameters_true`, which starts one process "
-                f"per device as a script (or launch with torchrun or SLURM)."
+                f"per device as a script (or launch with torchrun or SLURM).")
             )
         kwargs = strategy._ddp_kwargs
         if not kwargs.get("find_unused_parameters", False) or kwargs.get("static_graph", False):
             raise ValueError(
-                "DDP must detect unused parameters to train a GAN: each of the two optimiser steps "
+                advice("DDP must detect unused parameters to train a GAN: each of the two optimiser steps "
                 "leaves the other network without gradients. Use `--trainer.strategy "
                 "ddp_find_unused_parameters_true` (as configs/trainer/ddp.yaml does), or the "
-                "strategy's `find_unused_parameters: true` without `static_graph`."
+                "strategy's `find_unused_parameters: true` without `static_graph`.")
             )
         if strategy._layer_sync is not None and strategy.root_device.type != "cuda":
             raise ValueError(
-                "`--trainer.sync_batchnorm true` needs GPUs (torch's SyncBatchNorm runs on CUDA only): "
-                "drop it on CPUs, where batch-norm statistics then stay per device."
+                advice("`--trainer.sync_batchnorm true` needs GPUs (torch's SyncBatchNorm runs on CUDA only): "
+                "drop it on CPUs, where batch-norm statistics then stay per device.")
             )
     elif not isinstance(strategy, SingleDeviceStrategy):
         raise ValueError(
-            f"{type(strategy).__name__} is not supported by the GAN modules (two optimisers, manual "
-            f"optimisation): use one device or `--trainer.strategy ddp_find_unused_parameters_true`."
+            advice(f"{type(strategy).__name__} is not supported by the GAN modules (two optimisers, manual "
+            f"optimisation): use one device or `--trainer.strategy ddp_find_unused_parameters_true`.")
         )
 
 
@@ -405,8 +406,8 @@ def mismatch_error(found: str | None, expected: str, source: str = "") -> Checkp
     """The error for a checkpoint of model class ``found`` (``None``: not this project's) given to ``expected``."""
     if found is None:
         return CheckpointMismatchError(
-            f"The checkpoint{source} was not written by this project's GAN modules: pass `--ckpt_path` a "
-            f"checkpoint written by `train.py fit`, or start a new run without it.")
+            advice(f"The checkpoint{source} was not written by this project's GAN modules: pass `--ckpt_path` a "
+            f"checkpoint written by `train.py fit`, or start a new run without it."))
     return CheckpointMismatchError(
-        f"The checkpoint{source} holds {found}, not {expected}: load it with the model class that wrote it "
-        f"(`--model {found}`, or its preset), or start a new run without `--ckpt_path`.")
+        advice(f"The checkpoint{source} holds {found}, not {expected}: load it with the model class that wrote it "
+        f"(`--model {found}`, or its preset), or start a new run without `--ckpt_path`."))

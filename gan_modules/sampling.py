@@ -16,6 +16,7 @@ from torchvision.utils import save_image
 from gan_modules.base import GANModule
 from gan_modules.callbacks import image_grid
 from gan_modules.checkpoint_io import read_checkpoint, temporary_path
+from gan_modules.flags import advice
 
 OUTPUT_SUFFIXES = (".pt", ".pth")
 
@@ -35,18 +36,18 @@ def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") 
 
     path = Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}: pass `--ckpt_path` a .ckpt file written by `train.py fit`.")
+        raise FileNotFoundError(advice(f"No checkpoint at {path}: pass `--ckpt_path` a .ckpt file written by `train.py fit`."))
     checkpoint = read_checkpoint(path, map_location=map_location)
     gan_state = checkpoint.get("gan_state")
     name = gan_state.get("model") if isinstance(gan_state, dict) else None
     state_dict = checkpoint.get("state_dict")
     if name not in gan_modules.__all__ or not isinstance(state_dict, dict):
-        raise ValueError(f"{path} was not written by this project's GAN modules (found model {name!r}): "
-                         f"pass `--ckpt_path` a checkpoint written by `train.py fit`.")
+        raise ValueError(advice(f"{path} was not written by this project's GAN modules (found model {name!r}): "
+                         f"pass `--ckpt_path` a checkpoint written by `train.py fit`."))
     bad_key = _first_nonfinite(state_dict)
     if bad_key is not None:
-        raise ValueError(f"{path} holds non-finite values in `{bad_key}` (training had diverged when it was "
-                         f"saved): pass `--ckpt_path` an earlier checkpoint, e.g. an epoch=...ckpt in {path.parent}.")
+        raise ValueError(advice(f"{path} holds non-finite values in `{bad_key}` (training had diverged when it was "
+                         f"saved): pass `--ckpt_path` an earlier checkpoint, e.g. an epoch=...ckpt in {path.parent}."))
     cls = getattr(gan_modules, name)
     hyperparameters = checkpoint.get("hyper_parameters")
     hyperparameters = hyperparameters if isinstance(hyperparameters, dict) else {}

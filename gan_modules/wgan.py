@@ -16,6 +16,7 @@ from gan_modules.losses import (
     wasserstein_generator_loss,
 )
 from gan_modules.networks import Norm
+from gan_modules.flags import advice
 
 
 class _WassersteinGAN(GANModule):
@@ -69,11 +70,11 @@ class WGANGP(_WassersteinGAN):
     ) -> None:
         if critic_norm == "batch":
             raise ValueError(
-                "WGAN-GP's critic must not use batch norm (the penalty is per sample): "
-                "set `--model.critic_norm layer` (the paper) or `none`."
+                advice("WGAN-GP's critic must not use batch norm (the penalty is per sample): "
+                "set `--model.critic_norm layer` (the paper) or `none`.")
             )
         if gp_weight < 0:
-            raise ValueError(f"gp_weight must be >= 0, got {gp_weight}: set `--model.gp_weight`.")
+            raise ValueError(advice(f"gp_weight must be >= 0, got {gp_weight}: set `--model.gp_weight`."))
         super().__init__(critic_norm=critic_norm, n_critic=n_critic, **kwargs)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
@@ -109,7 +110,7 @@ class WGAN(_WassersteinGAN):
     def __init__(self, *, n_critic: int = 5, lr: float = 5e-5, clip_value: float = 0.01, warmup: bool = False,
                  **kwargs: Any) -> None:
         if clip_value <= 0:
-            raise ValueError(f"clip_value must be > 0, got {clip_value}: set `--model.clip_value`.")
+            raise ValueError(advice(f"clip_value must be > 0, got {clip_value}: set `--model.clip_value`."))
         super().__init__(n_critic=n_critic, **kwargs)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:

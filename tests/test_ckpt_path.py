@@ -33,7 +33,7 @@ def fit_args(preset: str, mnist_dir: Path, runs: Path, *extra: str) -> list[str]
 
 
 def last_checkpoint(runs: Path, preset: str) -> Path:
-    return runs / preset / "checkpoints" / "last.ckpt"
+    return runs / preset / "version_0" / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ def test_two_process_resume_ends_bitwise_equal_to_the_uninterrupted_run(mnist_di
     # Stopped after the first epoch, then continued to the second.
     assert fit("after_epoch", "--trainer.max_epochs", "1").returncode == 0
     result = fit("after_epoch", "--ckpt_path", str(tmp_path / "after_epoch" / "runs" / "wgan_gp_mnist" /
-                                                   "checkpoints" / "last.ckpt"))
+                                                   "version_0" / "checkpoints" / "last.ckpt"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_rank_states(tmp_path / "reference" / "state", tmp_path / "after_epoch" / "state")
     # Killed in the middle of the second epoch, then resumed from the checkpoint of the batch before.
@@ -129,7 +129,7 @@ def test_nan_on_one_rank_stops_every_rank_with_the_step(mnist_dir: Path, tmp_pat
     assert result.returncode != 0
     assert "train/critic_loss became non-finite at critic step 3" in result.stderr
     assert not (tmp_path / "state").exists()  # no rank went on to finish training
-    checkpoint = tmp_path / "runs" / "dcgan_mnist" / "checkpoints" / "last.ckpt"
+    checkpoint = tmp_path / "runs" / "dcgan_mnist" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(checkpoint, weights_only=True)
     assert state["gan_state"]["critic_steps"] == 2  # the last good state
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())

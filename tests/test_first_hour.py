@@ -142,3 +142,18 @@ def test_sample_grids_are_white_lined_and_readable() -> None:
     assert grid[:, 0, :].min() == 1.0 and grid[:, :, 0].min() == 1.0  # the lines between images are white
     scale = (grid.shape[-1] - 2) // 8 // 28  # a 28-pixel digit plus its line, in whole pixels
     assert grid.shape[-1] == 8 * 28 * scale + 9 * 2 * scale
+
+
+def test_python_errors_name_the_argument_and_the_command_line_its_flag() -> None:
+    from datamodules import MNISTDataModule
+    from gan_modules.callbacks import FIDCallback
+    from train import build_cli
+
+    for make, argument in ((lambda: gan_modules.DCGAN(n_critic=0), "`n_critic`"),
+                           (lambda: MNISTDataModule(batch_size=0), "`batch_size`"),
+                           (lambda: FIDCallback(num_samples=1), "`num_samples`")):
+        with pytest.raises(ValueError) as error:
+            make()
+        assert argument in str(error.value) and "`--" not in str(error.value), str(error.value)
+    with pytest.raises(ValueError, match="set `--model.n_critic` to 1 or more"):
+        build_cli(["--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"), "--model.n_critic", "0"], run=False)

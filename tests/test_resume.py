@@ -128,7 +128,7 @@ def test_sigkill_mid_training_leaves_a_loadable_last_checkpoint(mnist_dir: Path,
             "--data.data_dir", str(mnist_dir), "--data.batch_size", "8", "--model.generator_width", "8",
             "--model.critic_width", "8", "--trainer.max_epochs", "1000", "--trainer.enable_progress_bar", "false",
             "--fid.enabled", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--checkpoint.every_n_train_steps", "1"]
-    last = tmp_path / "runs" / "dcgan_mnist" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "runs" / "dcgan_mnist" / "version_0" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

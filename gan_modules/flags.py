@@ -1,0 +1,39 @@
+"""How an error message names a setting: by its command-line flag under ``train.py``, by the argument's
+name from Python, so that each reader gets advice they can act on."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+from collections.abc import Iterator
+
+_ON_THE_COMMAND_LINE = contextvars.ContextVar("on_the_command_line", default=False)
+# `--group.name` or `--group.name VALUE` in backticks, as the library writes its advice.
+_FLAG = re.compile(r"`--(model|data|fid|sample_grid|checkpoint|trainer)\.(\w+(?:\.\w+)*)(?: ([^`]+))?`")
+_CLASSES = {"trainer": "Trainer", "checkpoint": "GANCheckpoint"}
+
+
+@contextlib.contextmanager
+def on_the_command_line() -> Iterator[None]:
+    """Within it, messages keep their ``--group.name`` flags (``train.py`` runs inside it)."""
+    token = _ON_THE_COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _ON_THE_COMMAND_LINE.reset(token)
+
+
+def advice(message: str) -> str:
+    """``message`` for its reader: as written on the command line; from Python, each `--model.n_critic 1`
+    becomes `n_critic=1` (`Trainer(max_steps=...)` for a trainer flag)."""
+    return message if _ON_THE_COMMAND_LINE.get() else _FLAG.sub(_as_argument, message)
+
+
+def _as_argument(match: re.Match) -> str:
+    group, name, value = match.groups()
+    if value is not None:
+        literals = {"true": "True", "false": "False", "null": "None"}
+        value = literals.get(value, value if re.fullmatch(r"[-+.\deE]+|[A-Z_]+|\.\.\.", value) else repr(value))
+    argument = name if value is None else f"{name}={value}"
+    return f"`{_CLASSES[group]}({argument})`" if group in _CLASSES else f"`{argument}`"
