@@ -12,6 +12,7 @@ preset's newest run in its folder, and ``sample`` takes ``last``, a run folder o
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import re
 import sys
@@ -181,13 +182,13 @@ def _run_version(checkpoint: Path, logger: Namespace | None) -> int | None:
 
 
 def _refresh_progress_bar_at_log_interval(trainer: Namespace) -> None:
-    """Give the trainer a progress bar that redraws once every ``log_every_n_steps`` batches, and at
-    most every quarter of a second, unless the bar is off or the configuration brings its own.
+    """Give the trainer a progress bar that redraws once every ``log_every_n_steps`` batches (when the
+    losses it shows change), at most every quarter of a second and at least every second, unless the
+    bar is off or the configuration brings its own.
 
     Lightning's default bar redraws the terminal line twice after every batch, a fixed host cost per
-    step of about 5 % of a small network's step on a CPU (benchmarks/step_overhead.py), for a line
-    whose figures (the batch count and rate; the metrics are in TensorBoard) change little between
-    logs (:class:`~gan_modules.callbacks.OneDrawProgressBar`).
+    step of about 5 % of a small network's step on a CPU (benchmarks/step_overhead.py)
+    (:class:`~gan_modules.callbacks.OneDrawProgressBar`).
     """
     if trainer.get("enable_progress_bar") is False:
         return
@@ -225,9 +226,7 @@ def _class_arguments_help() -> str:
 
 
 def _own_skip(cls: type, shared: type) -> set[str]:
-    """The shared class's arguments that ``cls`` passes on unchanged (same default)."""
-    import inspect
-
+    """The shared class's arguments that ``cls`` does not declare itself (it passes them on by ``**kwargs``)."""
     own = inspect.signature(cls.__init__).parameters
     return {name for name, parameter in inspect.signature(shared.__init__).parameters.items()
             if name != "self" and name not in own}

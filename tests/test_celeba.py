@@ -196,7 +196,7 @@ def test_missing_dataset_names_the_layouts_and_the_download_error(tmp_path: Path
         CelebADataModule(str(tmp_path)).prepare_data()
     message = str(error.value)
     assert "img_align_celeba.zip" in message and "list_eval_partition.txt" in message
-    assert "no network (test)" in message and "--data.data_dir" in message
+    assert "no network (test)" in message and "`data_dir`" in message
 
 
 @pytest.mark.parametrize("cache", [True, False])
@@ -242,7 +242,7 @@ def test_truncated_or_corrupt_zip(tmp_path: Path) -> None:
 
 def test_missing_partition_file(tmp_path: Path) -> None:
     write_faces(tmp_path / "celeba" / "img_align_celeba")
-    with pytest.raises(RuntimeError, match="list_eval_partition.txt is not beside.*--data.split all"):
+    with pytest.raises(RuntimeError, match="list_eval_partition.txt is not beside.*`split='all'`"):
         loaded(tmp_path)
 
 
@@ -276,7 +276,7 @@ def test_truncated_jpeg_is_skipped_with_one_warning_or_stops_if_strict(tmp_path:
     if cache:
         assert "1 of 13 images" in str(warnings[0].message)
 
-    with pytest.raises(RuntimeError, match=f"{NAMES[1]}.*--data.strict false"):
+    with pytest.raises(RuntimeError, match=f"{NAMES[1]}.*`strict=False`"):
         datamodule = loaded(tmp_path, cache=cache, strict=True)
         list(datamodule.train_dataloader())
 
@@ -284,17 +284,17 @@ def test_truncated_jpeg_is_skipped_with_one_warning_or_stops_if_strict(tmp_path:
 def test_fewer_training_images_than_one_batch(tmp_path: Path) -> None:
     official_layout(tmp_path)  # 8 training images
     with pytest.raises(ValueError, match=r"training set has 8 images, fewer than one batch of 9 on 1 device.*"
-                                         r"`--data.batch_size` to at most 8"):
+                                         r"`batch_size` to at most 8"):
         loaded(tmp_path, batch_size=9)
 
 
 def test_bad_arguments_name_the_flag() -> None:
-    with pytest.raises(ValueError, match="--data.crop"):
+    with pytest.raises(ValueError, match="`crop`"):
         CelebADataModule(crop="center")
     for size in (0, -64, None):
-        with pytest.raises(ValueError, match="--data.image_size"):
+        with pytest.raises(ValueError, match="`image_size`"):
             CelebADataModule(image_size=size)
-    with pytest.raises(ValueError, match="--data.batch_size"):
+    with pytest.raises(ValueError, match="`batch_size`"):
         CelebADataModule(batch_size=0)
 
 

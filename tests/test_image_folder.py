@@ -197,7 +197,7 @@ def test_unreadable_files_are_skipped_with_one_warning_naming_them(folder: Path)
     assert "2 of 20 images" in messages[0] and "a/01.jpg" in messages[0] and "a/02.jpg" in messages[0]
     assert len(datamodule.train_set) == 18
 
-    with pytest.raises(RuntimeError, match="2 of 20 images.*a/01.jpg.*--data.strict false"):
+    with pytest.raises(RuntimeError, match="2 of 20 images.*a/01.jpg.*`strict=False`"):
         loaded(folder, strict=True)
 
 
@@ -212,25 +212,25 @@ def test_a_folder_of_only_unreadable_files(tmp_path: Path) -> None:
 
 def test_cache_dir_that_cannot_be_written(folder: Path, tmp_path: Path) -> None:
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(RuntimeError, match="cannot write the .* image cache.*--data.cache_dir.*--data.cache false"):
+    with pytest.raises(RuntimeError, match="cannot write the .* image cache.*`cache_dir`.*`cache=False`"):
         loaded(folder, cache_dir=str(tmp_path / "a_file" / "cache"))
 
 
 def test_missing_empty_and_too_small_folders(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="does not exist.*--data.data_dir"):
+    with pytest.raises(RuntimeError, match="does not exist.*`data_dir`"):
         loaded(tmp_path / "nowhere")
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "readme.txt").write_text("no images")
-    with pytest.raises(RuntimeError, match=r"no images in .*empty.*\.jpg.*--data.data_dir"):
+    with pytest.raises(RuntimeError, match=r"no images in .*empty.*\.jpg.*`data_dir`"):
         loaded(tmp_path / "empty", cache=False)
     write_image(tmp_path / "one" / "a.png", 0)
-    with pytest.raises(RuntimeError, match="1 images, too few.*--data.val_fraction"):
+    with pytest.raises(RuntimeError, match="1 images, too few.*`val_fraction`"):
         loaded(tmp_path / "one")
 
 
 def test_fewer_training_images_than_one_batch(folder: Path) -> None:
     with pytest.raises(ValueError, match=r"training set has 16 images, fewer than one batch of 17 on 1 device.*"
-                                         r"`--data.batch_size` to at most 16"):
+                                         r"`batch_size` to at most 16"):
         loaded(folder, val_fraction=0.2, batch_size=17)  # 20 images, 4 held out
     assert len(loaded(folder, val_fraction=0.2, batch_size=16).train_dataloader()) == 1
 
@@ -240,7 +240,7 @@ def test_bad_arguments_name_the_flag() -> None:
                          ({"crop": "middle"}, "crop"), ({"num_workers": -1}, "num_workers"),
                          ({"image_size": 0}, "image_size"), ({"image_size": None}, "image_size"),
                          ({"batch_size": 0}, "batch_size")):
-        with pytest.raises(ValueError, match=f"--data.{flag}"):
+        with pytest.raises(ValueError, match=f"`{flag}`"):
             ImageFolderDataModule(**kwargs)
 
 
@@ -276,8 +276,8 @@ def test_on_device_batches_equal_the_cached_path(folder: Path) -> None:
 
 
 def test_on_device_needs_the_cache_and_no_workers(folder: Path) -> None:
-    with pytest.raises(ValueError, match=r"on_device .* cache is false.*`--data.cache true`, or "
-                                         r"`--data.on_device false`"):
+    with pytest.raises(ValueError, match=r"on_device .* cache is false.*`cache=True`, or "
+                                         r"`on_device=False`"):
         ImageFolderDataModule(str(folder), cache=False, on_device=True)
-    with pytest.raises(ValueError, match=r"num_workers is 4: set `--data.num_workers 0`, or `--data.on_device false`"):
+    with pytest.raises(ValueError, match=r"num_workers is 4: set `num_workers=0`, or `on_device=False`"):
         ImageFolderDataModule(str(folder), num_workers=4, on_device=True)

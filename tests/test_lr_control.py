@@ -150,7 +150,7 @@ def test_a_finished_decay_is_not_continued_at_rate_zero(data_dir, tmp_path) -> N
     model = DCGAN(**settings, max_generator_steps=4)
     fit(model, data_dir, [StopAtGeneratorStep(4, tmp_path / "done.ckpt")])
     with pytest.raises(CheckpointMismatchError, match=r"finished its linear decay at generator update 4.*"
-                                                      r"`--model.lr_schedule none`"):
+                                                      r"`lr_schedule='none'`"):
         fit(DCGAN(**settings, max_generator_steps=8), data_dir, ckpt_path=tmp_path / "done.ckpt")
     # Continued without a schedule it trains at the configured rate; with the same limit, not at all.
     log = RateLog()
@@ -170,11 +170,11 @@ def test_validating_a_checkpoint_checks_no_schedule(data_dir, tmp_path) -> None:
 
 
 def test_linear_decay_needs_max_generator_steps() -> None:
-    with pytest.raises(ValueError, match=r"set `--model.max_generator_steps`"):
+    with pytest.raises(ValueError, match=r"set `max_generator_steps`"):
         DCGAN(**TINY, lr_schedule="linear")
-    with pytest.raises(ValueError, match=r"critic_lr must be > 0.*`--model.critic_lr`"):
+    with pytest.raises(ValueError, match=r"critic_lr must be > 0.*`critic_lr`"):
         WGANGP(**TINY, critic_lr=0.0)
-    with pytest.raises(ValueError, match=r"lr must be > 0.*`--model.lr`"):
+    with pytest.raises(ValueError, match=r"lr must be > 0.*`lr`"):
         WGAN(**TINY, lr=-1e-4)
     with pytest.raises(TypeError):  # by keyword only: a reordered signature cannot shift values
         DCGAN(1e-3)
@@ -182,5 +182,5 @@ def test_linear_decay_needs_max_generator_steps() -> None:
 
 def test_switching_the_schedule_on_in_a_resumed_run_is_refused(data_dir, tmp_path) -> None:
     fit(DCGAN(**TINY, max_generator_steps=8), data_dir, [StopAtGeneratorStep(2, tmp_path / "constant.ckpt")])
-    with pytest.raises(CheckpointMismatchError, match=r"without a learning-rate schedule.*`--model.lr_schedule none`"):
+    with pytest.raises(CheckpointMismatchError, match=r"without a learning-rate schedule.*`lr_schedule='none'`"):
         fit(DCGAN(**TINY, max_generator_steps=8, lr_schedule="linear"), data_dir, ckpt_path=tmp_path / "constant.ckpt")

@@ -81,14 +81,14 @@ def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch) -> None:
         data.prepare_data()
     message = str(error.value)
     assert f"MNIST is not in {tmp_path}/MNIST/raw" in message
-    assert "`--data.data_dir`" in message and "no network" in message
+    assert "`data_dir`" in message and "no network" in message
     assert "Missing: train-images-idx3-ubyte, train-labels-idx1-ubyte" in message
 
 
 def test_bad_arguments_name_the_flag() -> None:
     for kwargs, flag in (({"batch_size": 0}, "batch_size"), ({"num_workers": -1}, "num_workers"),
                          ({"image_size": 0}, "image_size"), ({"image_size": -32}, "image_size")):
-        with pytest.raises(ValueError, match=f"{flag} must be an integer >= .*got -?\\d+: set `--data.{flag}`"):
+        with pytest.raises(ValueError, match=f"{flag} must be an integer >= .*got -?\\d+: set `{flag}`"):
             MNISTDataModule(**kwargs)
     assert MNISTDataModule(image_size=None).image_shape == (1, 28, 28)  # None: the native size
 
@@ -98,7 +98,7 @@ def test_bad_arguments_name_the_flag() -> None:
 def test_fewer_images_than_one_batch_stop_in_setup(tmp_path) -> None:
     data = MNISTDataModule(data_dir=str(write_mnist(tmp_path, n_train=6)), batch_size=8)
     with pytest.raises(ValueError, match=r"training set has 6 images, fewer than one batch of 8 on 1 device: .*"
-                                         r"`--data.batch_size` to at most 6"):
+                                         r"`batch_size` to at most 6"):
         data.setup("fit")
     data.setup("validate")  # validation keeps its last, incomplete batch: nothing to refuse
 
@@ -179,7 +179,7 @@ def test_a_corrupt_file_is_named_with_what_is_wrong(mnist_dir, name, corrupt, wh
     message = str(error.value)
     assert message.startswith(f"the MNIST file {path} is corrupt: ")
     assert re.search(what, message), message
-    assert "download failed" not in message and "`--data.download true`" in message
+    assert "download failed" not in message and "`download=True`" in message
 
 
 @pytest.mark.slow
@@ -272,8 +272,8 @@ def test_on_device_fit_trains_the_same_weights(mnist_dir) -> None:
 
 
 def test_on_device_with_workers_names_both_flags() -> None:
-    with pytest.raises(ValueError, match=r"on_device .* num_workers is 2: set `--data.num_workers 0`, or "
-                                         r"`--data.on_device false`"):
+    with pytest.raises(ValueError, match=r"on_device .* num_workers is 2: set `num_workers=0`, or "
+                                         r"`on_device=False`"):
         MNISTDataModule(num_workers=2, on_device=True)
 
 

@@ -26,7 +26,7 @@ def test_generator_width_and_latent_size_are_configurable() -> None:
 
 @pytest.mark.parametrize("size", [30, 20, 8, 48])
 def test_unsupported_image_size_is_refused(size: int) -> None:
-    with pytest.raises(ValueError, match=rf"Unsupported image size {size}.*--data.image_size"):
+    with pytest.raises(ValueError, match=rf"Unsupported image size {size}.*`image_size`"):
         Generator(8, 1, size)
     with pytest.raises(ValueError, match="Unsupported image size"):
         Discriminator(1, size)
