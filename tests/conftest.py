@@ -22,10 +22,15 @@ def assert_same_training_state(model_a, optimizers_a, model_b, optimizers_b) -> 
     """Two runs' modules hold bitwise the same weights and buffers, and their optimisers the same states."""
     import torch
 
-    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    assert list(state_a) == list(state_b) and state_a, "the two modules hold different (or no) tensors"
+    for (name, a), b in zip(state_a.items(), state_b.values(), strict=True):
         assert torch.equal(a, b), name
-    for opt_a, opt_b in zip(optimizers_a, optimizers_b):
-        for state_a, state_b in zip(opt_a.state.values(), opt_b.state.values()):
+    assert len(optimizers_a) == len(optimizers_b) > 0
+    for opt_a, opt_b in zip(optimizers_a, optimizers_b, strict=True):
+        assert len(opt_a.state) == len(opt_b.state) > 0, "an optimiser holds no state, or another count"
+        for state_a, state_b in zip(opt_a.state.values(), opt_b.state.values(), strict=True):
+            assert state_a.keys() == state_b.keys()
             for key in state_a:
                 assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
 

@@ -30,6 +30,27 @@ def fit(model, n_batches: int, **trainer_args) -> Trainer:
     return trainer
 
 
+class OptimizerSteps(Callback):
+    """Calls ``check(network, before)`` right after every optimiser step, through the public seam of
+    ``optimizer.step`` (wrapped on each of the trainer's optimisers); ``before`` is what
+    ``snapshot_before()`` returned just before the step. Optimiser 0 is the critic's, 1 the generator's."""
+
+    def __init__(self, check, snapshot_before=lambda: None) -> None:
+        self.check, self.snapshot_before = check, snapshot_before
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for network, optimizer in zip(("critic", "generator"), trainer.optimizers, strict=True):
+            step = optimizer.step
+
+            def checked(*args, _step=step, _network=network, **kwargs):
+                before = self.snapshot_before()
+                result = _step(*args, **kwargs)
+                self.check(_network, before)
+                return result
+
+            optimizer.step = checked
+
+
 def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
 
@@ -43,24 +64,18 @@ def test_n_critic_5_gives_10_critic_and_2_generator_updates_each_isolated(cls) -
     torch.manual_seed(0)
     model = cls(**TINY, n_critic=5)
     calls = []
-    critic_step, generator_step = model._critic_step, model._generator_step
 
-    def checked_critic_step(*args):
-        generator, critic = snapshot(model.generator), snapshot(model.discriminator)
-        critic_step(*args)
-        assert same(generator, model.generator), "a critic step changed the generator"
-        assert not same(critic, model.discriminator), "a critic step left the critic unchanged"
-        calls.append("critic")
+    def isolated(network, before):
+        generator, critic = before
+        stepped, other = (critic, generator) if network == "critic" else (generator, critic)
+        modules = {"critic": model.discriminator, "generator": model.generator}
+        other_module = modules["generator" if network == "critic" else "critic"]
+        assert same(other, other_module), f"a {network} step changed the other network"
+        assert not same(stepped, modules[network]), f"a {network} step left the {network} unchanged"
+        calls.append(network)
 
-    def checked_generator_step(*args):
-        generator, critic = snapshot(model.generator), snapshot(model.discriminator)
-        generator_step(*args)
-        assert same(critic, model.discriminator), "a generator step changed the critic"
-        assert not same(generator, model.generator), "a generator step left the generator unchanged"
-        calls.append("generator")
-
-    model._critic_step, model._generator_step = checked_critic_step, checked_generator_step
-    trainer = fit(model, 10)
+    trainer = fit(model, 10, callbacks=[OptimizerSteps(
+        isolated, lambda: (snapshot(model.generator), snapshot(model.discriminator)))])
     assert (model.critic_steps, model.generator_steps) == (10, 2)
     assert calls == (["critic"] * 5 + ["generator"]) * 2
     assert trainer.global_step == 12  # Lightning counts the optimiser steps of both networks
@@ -73,22 +88,19 @@ def test_the_logged_gradient_norms_are_those_of_each_networks_latest_update(cls)
     torch.manual_seed(0)
     model = cls(**TINY, n_critic=3)
     assert model.gradient_norms() == {}  # outside a fit: no update yet
-    model._gradient_norms = None
     latest, expected, logged = {}, [], []
-    descend = model._descend
 
-    def recording_descend(optimizer, loss, network):
-        descend(optimizer, loss, network)
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        latest[f"train/{network}_grad_norm"] = torch.nn.utils.get_total_norm(grads).item()  # after the step
+    def record(network, before):  # after the step
+        module = model.discriminator if network == "critic" else model.generator
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        latest[f"train/{network}_grad_norm"] = torch.nn.utils.get_total_norm(grads).item()
 
     class Record(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             expected.append(dict(latest))
             logged.append({name: trainer.callback_metrics[name].item() for name in latest})
 
-    model._descend = recording_descend
-    fit(model, 7, log_every_n_steps=1, callbacks=[Record()])
+    fit(model, 7, log_every_n_steps=1, callbacks=[OptimizerSteps(record), Record()])
     assert [sorted(row) for row in expected[:3]] == [["train/critic_grad_norm"]] * 2 + [
         ["train/critic_grad_norm", "train/generator_grad_norm"]]
     for want, got in zip(expected, logged, strict=True):
@@ -104,15 +116,13 @@ def test_dcgan_updates_the_generator_after_every_batch() -> None:
 def test_weight_clipping_holds_after_every_critic_step() -> None:
     torch.manual_seed(0)
     model = WGAN(**TINY, n_critic=2, clip_value=0.01, lr=0.1)  # a large lr pushes weights past the bound
-    critic_step = model._critic_step
     largest = []
 
-    def checked(*args):
-        critic_step(*args)
-        largest.append(max(p.abs().max().item() for p in model.critic.parameters()))
+    class Largest(Callback):  # one batch is one critic step; clipping follows its optimiser step
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            largest.append(max(p.abs().max().item() for p in model.critic.parameters()))
 
-    model._critic_step = checked
-    fit(model, 6)
+    fit(model, 6, callbacks=[Largest()])
     assert len(largest) == 6 and max(largest) <= 0.01
     assert max(largest) == pytest.approx(0.01)  # the bound is reached, so the clamp did work
 
@@ -193,14 +203,12 @@ def test_ema_generator_follows_the_formula_after_every_generator_update() -> Non
     decay = 0.5
     model = WGANGP(**TINY, n_critic=2, ema_decay=decay)
     weights = []  # the generator's parameters after each generator update
-    generator_step = model._generator_step
 
-    def recording(*args):
-        generator_step(*args)
-        weights.append(snapshot(model.generator))
+    def record(network, before):
+        if network == "generator":
+            weights.append(snapshot(model.generator))
 
-    model._generator_step = recording
-    fit(model, 6)
+    fit(model, 6, callbacks=[OptimizerSteps(record)])
     assert len(weights) == 3
     expected = weights[0]  # the first update copies the weights
     for later in weights[1:]:
@@ -274,3 +282,57 @@ def test_the_ema_update_is_torchs_averaged_model_update_bit_for_bit() -> None:
         for name in mine:
             assert mine[name].dtype == torchs[name].dtype and torch.equal(mine[name], torchs[name]), (step, name)
     assert model.generator_ema.n_averaged.item() == 4
+
+
+@pytest.mark.parametrize("cls", [DCGAN, WGANGP, WGAN])
+def test_one_critic_update_lowers_the_critics_loss_on_its_batch(cls) -> None:
+    # The sign conventions: a critic step descends its loss on the real and fake images it saw. The
+    # second step is the one compared: WGAN's first clamps weights drawn beyond the clip bound.
+    torch.manual_seed(0)
+    model = cls(**TINY, n_critic=1 if cls is DCGAN else 3)
+    seen = []
+    critic_loss = model.critic_loss
+
+    def recording(real, fake):  # the public method each family defines: the batch the step sees
+        state = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
+        seen.append((real.detach().clone(), fake.detach().clone(), state, model.train_rng.get_state()))
+        return critic_loss(real, fake)
+
+    model.critic_loss = recording
+    fit(model, 2)
+    real, fake, untrained, rng = seen[-1]
+
+    def loss(state) -> float:
+        model.discriminator.load_state_dict(state)
+        model.train_rng.set_state(rng)  # the gradient penalty's mixing coefficients, as the step drew them
+        return critic_loss(real, fake)["loss"].item()
+
+    after = loss({k: v.clone() for k, v in model.discriminator.state_dict().items()})
+    assert after < loss(untrained), (loss(untrained), after)
+
+
+@pytest.mark.parametrize("cls", [DCGAN, WGANGP, WGAN])
+def test_one_generator_update_raises_the_critics_score_of_its_images(cls) -> None:
+    torch.manual_seed(0)
+    n_critic = 1 if cls is DCGAN else 2
+    model = cls(**TINY, n_critic=n_critic)
+    inputs, states = [], []
+    model.generator.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
+    generator_loss = model.generator_loss
+
+    def recording(fake):  # called once the generator step has drawn its images, before its update
+        states.append((inputs[-1], {k: v.clone() for k, v in model.generator.state_dict().items()}))
+        return generator_loss(fake)
+
+    model.generator_loss = recording
+    fit(model, n_critic)  # exactly one generator update, at the last batch
+    assert len(states) == 1 and model.generator_steps == 1
+    z, untrained = states[0]
+    trained = {k: v.clone() for k, v in model.generator.state_dict().items()}
+
+    def score(state) -> float:  # the critic as it ended, on the images of the same noise
+        model.generator.load_state_dict(state)
+        with torch.no_grad():
+            return model.discriminator(model.generator(z)).mean().item()
+
+    assert score(trained) > score(untrained)
