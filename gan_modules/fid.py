@@ -205,10 +205,11 @@ class FIDCallback(Callback):
         if not self.enabled or stage not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
             return
         on_cpu = trainer.strategy.root_device.type == "cpu"
+        cpu_sized = on_cpu and self.num_samples is None  # both sizes left to the device
         if self.num_samples is None:
             self.num_samples = CPU_IMAGES if on_cpu else STANDARD_IMAGES
             _warn_if_few("num_samples", self.num_samples, self.num_features)
-        if self.num_real is None and on_cpu:
+        if cpu_sized and self.num_real is None:
             self.num_real = CPU_IMAGES
         chunks = -(-self.num_samples // self.batch_size)
         if chunks < trainer.world_size:  # a rank without samples could not compute (and would hang the rest)
@@ -220,11 +221,11 @@ class FIDCallback(Callback):
         self.metric.to(trainer.strategy.root_device)
         if stage == TrainerFn.FITTING:
             self._scored_step = None
-        real = "every" if self.num_real is None else f"at most {self.num_real:,}"
-        rank_zero_info(f"FID: {self.num_samples:,} generated images against {real} real validation image(s), "
+        real = "all the" if self.num_real is None else f"at most {self.num_real:,}"
+        rank_zero_info(f"FID: {self.num_samples:,} generated images against {real} real validation images, "
                        f"every {self.every_n_epochs} epoch(s) and at the end"
                        + (" (the CPU-sized default: `--fid.num_samples 10000` for the standard protocol)"
-                          if on_cpu and self.num_samples == CPU_IMAGES else ""))
+                          if cpu_sized else ""))
 
     def build_metric(self) -> None:
         """Build the metric, loading the feature extractor's weights, unless built already; the CLI calls

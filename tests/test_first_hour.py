@@ -157,3 +157,24 @@ def test_python_errors_name_the_argument_and_the_command_line_its_flag() -> None
         assert argument in str(error.value) and "`--" not in str(error.value), str(error.value)
     with pytest.raises(ValueError, match="set `--model.n_critic` to 1 or more"):
         build_cli(["--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"), "--model.n_critic", "0"], run=False)
+
+
+def test_fid_sizes_follow_the_device_unless_given() -> None:
+    from lightning.pytorch import Trainer
+    from torch import nn
+
+    from gan_modules.callbacks import FIDCallback
+
+    class Pixels(nn.Module):
+        num_features = 4
+
+        def forward(self, images):
+            return images.flatten(1)[:, :4]
+
+    model, cpu = gan_modules.DCGAN(image_shape=(1, 16, 16)), Trainer(accelerator="cpu", logger=False)
+    left_unset = FIDCallback(feature=Pixels())
+    left_unset.setup(cpu, model, "fit")
+    assert (left_unset.num_samples, left_unset.num_real) == (2_500, 2_500)  # CPU-sized, both sides
+    standard = FIDCallback(feature=Pixels(), num_samples=10_000)
+    standard.setup(cpu, model, "fit")
+    assert (standard.num_samples, standard.num_real) == (10_000, None)  # the whole validation split
