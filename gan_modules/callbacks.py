@@ -1,6 +1,6 @@
 """Callbacks that watch a run: image grids, training speed and the final hyperparameters, and FID
-(in fid.py), each logging to TensorBoard from rank 0 at epoch boundaries, never per step; the
-progress bar; and the skipping of per-batch callback hooks that nobody implements."""
+(in fid.py), each logging to TensorBoard from rank 0 at epoch boundaries, never per step; and the
+progress bar."""
 
 from __future__ import annotations
 
@@ -22,32 +22,7 @@ from torchvision.utils import make_grid
 from gan_modules.fid import FIDCallback
 from gan_modules.flags import advice
 
-__all__ = ["FIDCallback", "OneDrawProgressBar", "RunMonitor", "SampleGridCallback", "image_grid",
-           "skip_unused_batch_hooks"]
-
-# The callback hooks Lightning calls at every batch or optimiser step.
-BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_validation_batch_start", "on_validation_batch_end",
-               "on_test_batch_start", "on_test_batch_end", "on_predict_batch_start", "on_predict_batch_end",
-               "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
-
-
-def skip_unused_batch_hooks(callbacks: list[Callback]) -> None:
-    """Set each callback's per-batch hooks (``BATCH_HOOKS``) that it does not implement to ``None``, so
-    that Lightning skips them.
-
-    Lightning calls every hook of every callback at every batch and optimiser step, each inside a
-    profiler context named after the callback's ``state_key`` (a ``repr`` of its settings for
-    ``ModelCheckpoint``): about fourteen Python calls for each no-op, some 35 no-ops per batch for
-    a preset's six callbacks, which is a few per cent of a small network's step. Lightning calls a
-    hook only if the attribute is callable (``lightning.pytorch.trainer.call._call_callback_hooks``;
-    tests/test_lightning_internals.py pins it), and a hook the class does not override is
-    ``Callback``'s no-op, so skipping it changes nothing else.
-    """
-    for callback in callbacks:
-        for hook in BATCH_HOOKS:
-            if hook not in vars(callback) and getattr(type(callback), hook, None) is getattr(Callback, hook):
-                setattr(callback, hook, None)
-
+__all__ = ["FIDCallback", "OneDrawProgressBar", "RunMonitor", "SampleGridCallback", "image_grid"]
 
 _monotonic = time.monotonic  # the progress bar's clock (a test replaces it, not the stdlib's)
 

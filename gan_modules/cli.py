@@ -31,7 +31,7 @@ from lightning.pytorch.cli import LightningCLI
 import datamodules
 import gan_modules
 from gan_modules.base import GANModule
-from gan_modules.callbacks import FIDCallback, RunMonitor, SampleGridCallback, skip_unused_batch_hooks
+from gan_modules.callbacks import FIDCallback, RunMonitor, SampleGridCallback
 from gan_modules.checkpoint_io import (CheckpointReadError, CheckpointWriteError, GANCheckpoint, find_last_checkpoint,
                                        read_checkpoint, resolve_checkpoint)
 from gan_modules.fid import InceptionWeightsError
@@ -136,12 +136,9 @@ class GANCLI(LightningCLI):
         return found
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        # Lightning calls every hook of every callback on every batch, so FID switched off
-        # (`--fid.enabled false`) is left out rather than carried along doing nothing, and the
-        # per-batch hooks a callback does not implement are skipped.
+        # FID switched off (`--fid.enabled false`) is left out rather than carried along doing nothing.
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks = [c for c in trainer.callbacks if not (isinstance(c, FIDCallback) and not c.enabled)]
-        skip_unused_batch_hooks(trainer.callbacks)
         return trainer
 
     def after_instantiate_classes(self) -> None:

@@ -237,22 +237,6 @@ def test_the_default_bar_draws_at_most_every_min_interval_and_keeps_the_count(mo
             callbacks.OneDrawProgressBar(min_interval=bad)
 
 
-def test_per_batch_hooks_a_callback_does_not_implement_are_skipped() -> None:
-    from lightning.pytorch import Callback
-
-    from gan_modules.callbacks import BATCH_HOOKS
-
-    preset = ["--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"), "--trainer.callbacks+=LearningRateMonitor"]
-    callbacks = cli(preset).trainer.callbacks
-    assert len(callbacks) >= 7  # checkpoint, grids, monitor, FID, bar, config saver, the user's own
-    for callback in callbacks:
-        for hook in BATCH_HOOKS:
-            implemented = getattr(type(callback), hook) is not getattr(Callback, hook)
-            assert (getattr(callback, hook) is None) == (not implemented), (type(callback).__name__, hook)
-    monitor = next(c for c in callbacks if type(c).__name__ == "LearningRateMonitor")
-    assert callable(monitor.on_train_batch_start)  # the user's callback keeps the hooks it implements
-
-
 def test_fid_switched_off_is_not_among_the_trainers_callbacks() -> None:
     preset = ["--config", str(ROOT / "configs" / "dcgan_mnist.yaml")]
     assert any(isinstance(c, FIDCallback) for c in cli(preset).trainer.callbacks)

@@ -64,30 +64,6 @@ def test_the_scheduler_state_keys_a_resume_rescales_are_still_saved() -> None:
     assert LightningModule()._trainer is None
 
 
-def test_lightning_still_skips_a_callback_hook_that_is_none() -> None:
-    # gan_modules.callbacks.skip_unused_batch_hooks sets the per-batch hooks a callback does not
-    # implement to None, which Lightning's _call_callback_hooks skips (it calls a hook only if callable).
-    from lightning.pytorch import Callback, Trainer
-    from lightning.pytorch.demos.boring_classes import BoringModel
-
-    from gan_modules.callbacks import skip_unused_batch_hooks
-
-    class Counting(Callback):
-        batches = 0
-
-        def on_train_batch_end(self, *args) -> None:
-            self.batches += 1
-
-    counting, idle = Counting(), Callback()
-    skip_unused_batch_hooks([counting, idle])
-    assert idle.on_train_batch_end is None and counting.on_train_batch_start is None
-    trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                      callbacks=[counting, idle])
-    trainer.fit(BoringModel())
-    assert counting.batches == 3
-
-
 def test_summary_writer_still_has_the_file_writer_the_one_event_logger_writes_to(tmp_path) -> None:
     # gan_modules.tensorboard.OneEventTensorBoardLogger calls SummaryWriter._get_file_writer().add_summary.
     from torch.utils.tensorboard import SummaryWriter
