@@ -230,13 +230,8 @@ class GANModule(RunIntegrity):
             grads = {name: [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
                      for name, optimizer in zip(("critic_grad_norm", "generator_grad_norm"),
                                                 self.optimizers() if self._trainer is not None else [])}
-            # torch.nn.utils.get_total_norm's kernel, without its grouping by device and dtype: one
-            # per-tensor norm kernel for both networks, then each network's norm of its tensors' norms.
-            every = [grad for network_grads in grads.values() for grad in network_grads]
-            per_tensor = iter(torch._foreach_norm(every) if every else [])
-            self._gradient_norms = {
-                name: torch.linalg.vector_norm(torch.stack([next(per_tensor) for _ in network_grads]))
-                for name, network_grads in grads.items() if network_grads}
+            self._gradient_norms = {name: torch.nn.utils.get_total_norm(network_grads)  # on the device
+                                    for name, network_grads in grads.items() if network_grads}
         return self._gradient_norms
 
     # --- logging -------------------------------------------------------------------------------
