@@ -229,7 +229,7 @@ class GANModule(RunIntegrity):
         if self._gradient_norms is None:
             grads = {name: [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
                      for name, optimizer in zip(("critic_grad_norm", "generator_grad_norm"),
-                                                self.optimizers() if self._trainer is not None else [])}
+                                                self.optimizers() if self.attached_trainer is not None else [])}
             self._gradient_norms = {name: torch.nn.utils.get_total_norm(network_grads)  # on the device
                                     for name, network_grads in grads.items() if network_grads}
         return self._gradient_norms
@@ -429,7 +429,7 @@ class GANModule(RunIntegrity):
         self.generator_steps = state["generator_steps"]
         self._critic_steps_at_last_generator_step = state["critic_steps_at_last_generator_step"]
         self.restore_run_state(state)
-        if self._trainer is not None:
+        if self.attached_trainer is not None:
             # Before Lightning restores its loops from the same dict: a run stopped inside an epoch
             # continues with the rest of that epoch, not with the next one.
             align_epoch_with_data(checkpoint, self.trainer)

@@ -61,6 +61,14 @@ class RunIntegrity(LightningModule):
     latest update).
     """
 
+    @property
+    def attached_trainer(self) -> Any | None:
+        """The Trainer this module is attached to, or ``None`` (outside a fit, validation or test)."""
+        try:
+            return self.trainer  # Lightning raises a RuntimeError when no Trainer is attached
+        except RuntimeError:
+            return None
+
     def __init__(self) -> None:
         super().__init__()
         self._train_rng: torch.Generator | None = None
@@ -117,7 +125,7 @@ class RunIntegrity(LightningModule):
             state = self._saved_rng_state()
         else:
             state = self.train_rng.get_state()
-        if self._trainer is None or self.trainer.world_size == 1:
+        if self.attached_trainer is None or self.trainer.world_size == 1:
             return [state]
         gathered = self.all_gather(state.to(self.device))  # (world_size, state_bytes)
         # Clones: on a CPU each row is a view into one storage, torch.save keeps it so, and
@@ -203,7 +211,7 @@ class RunIntegrity(LightningModule):
             return
         finite = torch.stack([torch.isfinite(t).all().to(self.device) for _, t in named])
         bad = (~finite).float()
-        if self._trainer is not None and self.trainer.world_size > 1:
+        if self.attached_trainer is not None and self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce(bad, reduce_op="max")
         bad = bad.bool().tolist()
         if any(bad):
@@ -223,10 +231,10 @@ class RunIntegrity(LightningModule):
                     "start again without `--ckpt_path`.")
         how, step = self._last_checkpoint
         if how == "loaded":
-            path = self.trainer.ckpt_path if self._trainer is not None else None
+            path = self.trainer.ckpt_path if self.attached_trainer is not None else None
             return (f"No checkpoint was written after the one this run resumed from ({path}, critic step {step}), "
                     f"which holds a finite state: resume from it again with `--ckpt_path {path}`.")
-        path = getattr(self.trainer.strategy.checkpoint_io, "last_saved_path", None) if self._trainer else None
+        path = getattr(self.trainer.strategy.checkpoint_io, "last_saved_path", None) if self.attached_trainer is not None else None
         where = f" ({path})" if path else ""  # only rank 0 writes, so only rank 0 knows the file
         return (f"The newest checkpoint{where}, from critic step {step}, holds a finite state: resume from it with "
                 f"`--ckpt_path {path or 'last'}`.")
@@ -245,7 +253,7 @@ class RunIntegrity(LightningModule):
 
     def guard_checkpoint_save(self, checkpoint: dict[str, Any]) -> list[Tensor]:
         """Refuse a non-finite state while fitting; returns every rank's RNG state to save."""
-        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+        if self.attached_trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             self._raise_if_nonfinite()
             self._raise_if_state_nonfinite(checkpoint)
         self._last_checkpoint = ("saved", self.critic_steps)
@@ -268,14 +276,14 @@ class RunIntegrity(LightningModule):
 
     def _checkpoint_source(self) -> str:
         """`` PATH`` of the checkpoint being loaded, for messages (empty outside a Trainer)."""
-        return f" {self.trainer.ckpt_path}" if self._trainer is not None and self.trainer.ckpt_path else ""
+        return f" {self.trainer.ckpt_path}" if self.attached_trainer is not None and self.trainer.ckpt_path else ""
 
     def restore_run_state(self, state: dict[str, Any]) -> None:
         """Install this rank's saved RNG state; the checkpoint counts as checked finite."""
         self._last_checkpoint = ("loaded", self.critic_steps)
         self._checked_through = self.critic_steps  # every checkpoint was checked finite when saved
         rng_states = state.get("train_rng_states", [])
-        rank = self.global_rank if self._trainer is not None else 0
+        rank = self.global_rank if self.attached_trainer is not None else 0
         if len(rng_states) > rank:
             self._train_rng, self._train_rng_state = None, rng_states[rank]
 
@@ -308,7 +316,7 @@ class RunIntegrity(LightningModule):
         the checkpoint's schedule was. Only a fit restores optimisers; ``validate`` checks nothing here.
         """
         saved_states = checkpoint.get("optimizer_states")
-        if not saved_states or self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+        if not saved_states or self.attached_trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
             return
         configured = self.configure_optimizers()
         optimizers, schedulers = configured if isinstance(configured, tuple) else (configured, [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
 import torch
 
 from lightning.pytorch.cli import LightningCLI
@@ -54,14 +55,23 @@ def test_the_loop_state_keys_continuation_rewrites_are_still_saved(tmp_path) -> 
 
 def test_the_scheduler_state_keys_a_resume_rescales_are_still_saved() -> None:
     # gan_modules.run_integrity._prefer_configured_optimizer_settings edits these keys of a saved
-    # LinearLR state, and reads LightningModule._trainer (None outside a Trainer).
-    from lightning.pytorch import LightningModule
+    # LinearLR state.
     from torch.optim.lr_scheduler import LinearLR
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     state = LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=4).state_dict()
     assert {"base_lrs", "_last_lr", "total_iters", "last_epoch"} <= state.keys()
-    assert LightningModule()._trainer is None
+
+
+def test_a_module_outside_a_trainer_says_so_through_its_public_trainer_property() -> None:
+    # RunIntegrity.attached_trainer tells a module outside a Trainer by the RuntimeError of
+    # LightningModule.trainer (public), not by its private _trainer.
+    from gan_modules import DCGAN
+
+    model = DCGAN(image_shape=(1, 16, 16))
+    with pytest.raises(RuntimeError, match="not attached to a `Trainer`"):
+        model.trainer
+    assert model.attached_trainer is None
 
 
 def test_summary_writer_still_has_the_file_writer_the_one_event_logger_writes_to(tmp_path) -> None:
