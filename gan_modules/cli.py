@@ -53,20 +53,6 @@ class GANCLI(LightningCLI):
         images)."""
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
 
-    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
-        """LightningCLI's parser, with ``sample`` listed beside its subcommands in ``train.py --help``.
-
-        LightningCLI builds a Trainer, a model and a datamodule for each of its subcommands, all of
-        which ``sample`` has no use for, so ``main`` runs ``sample`` before LightningCLI starts; it is
-        listed here only. jsonargparse keeps its subcommands in a private attribute: should an
-        upgrade drop it, ``--help`` omits ``sample`` (tests/test_sample.py says so) and nothing else
-        changes.
-        """
-        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
-        subcommands = getattr(self.parser, "_subcommands_action", None)
-        if add_subcommands and subcommands is not None:
-            subcommands.add_subcommand("sample", ArgumentParser(description=SAMPLE_HELP), help=SAMPLE_HELP)
-
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
         # The image shape is stated once, by the data, and handed to the model.
         parser.link_arguments("data.image_shape", "model.init_args.image_shape", apply_on="instantiate")
@@ -298,6 +284,9 @@ def _build_cli(args: list[str] | None, run: bool) -> GANCLI:
         },
         # A continued run (`--ckpt_path last`) writes its configuration into its own folder again.
         save_config_kwargs={"overwrite": True},
+        # `sample` needs no Trainer, model or data, which LightningCLI builds for its subcommands:
+        # `main` runs it before LightningCLI starts, and `train.py --help` names it here.
+        parser_kwargs={"epilog": f"Also `train.py sample`: {SAMPLE_HELP} (`train.py sample --help` lists its options)"},
         args=args,
         run=run,
     )
