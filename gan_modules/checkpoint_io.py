@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -378,7 +377,7 @@ class GANCheckpoint(ModelCheckpoint):
         # Lightning warns that with manual optimisation and every_n_train_steps a checkpoint holds the
         # state after the batch's optimiser steps: that is the state an exact resume needs.
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
-        if stage != "fit" or not self.dirpath or not _is_local_file_protocol(self.dirpath):
+        if stage != "fit" or not self.dirpath or "://" in str(self.dirpath):  # remote storage: not probed here
             return
         problem = _check_writable(Path(self.dirpath)) if trainer.is_global_zero else None
         # Every rank raises the same error, so none is left waiting in a collective for rank 0.
