@@ -121,10 +121,9 @@ class WGAN(_WassersteinGAN):
 
     def on_critic_step_end(self) -> None:
         clip = self.hparams.clip_value
-        with torch.no_grad():  # two fused kernels for all parameters, not two per parameter
-            parameters = list(self.critic.parameters())
-            torch._foreach_clamp_min_(parameters, -clip)
-            torch._foreach_clamp_max_(parameters, clip)
+        with torch.no_grad():  # one clamp per tensor: as fast as torch's private fused foreach here
+            for parameter in self.critic.parameters():
+                parameter.clamp_(-clip, clip)
 
     def critic_iterations(self) -> int:
         if self.hparams.warmup and (self.generator_steps < 25 or self.generator_steps % 500 == 0):
