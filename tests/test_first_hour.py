@@ -178,3 +178,22 @@ def test_fid_sizes_follow_the_device_unless_given() -> None:
     standard = FIDCallback(feature=Pixels(), num_samples=10_000)
     standard.setup(cpu, model, "fit")
     assert (standard.num_samples, standard.num_real) == (10_000, None)  # the whole validation split
+
+
+@pytest.mark.slow
+def test_the_console_shows_the_losses_and_no_adverts_or_internal_warnings(tmp_path) -> None:
+    import subprocess
+
+    data = write_mnist(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"),
+         "--data.data_dir", str(data), "--fid.enabled", "false", "--trainer.max_epochs", "1",
+         "--model.generator_width", "4", "--model.critic_width", "4", "--data.batch_size", "8",
+         "--trainer.log_every_n_steps", "2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = result.stdout + result.stderr
+    assert "critic_loss=" in console and "generator_loss=" in console and "wasserstein=" in console
+    assert "WGANGP: generator" in console and "M parameters" in console
+    for unwanted in ("Tip:", "LeafSpec", "FLOPs", "Traceback"):
+        assert unwanted not in console, unwanted
