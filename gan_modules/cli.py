@@ -36,7 +36,7 @@ from gan_modules.checkpoint_io import (CheckpointReadError, CheckpointWriteError
                                        read_checkpoint, resolve_checkpoint)
 from gan_modules.fid import InceptionWeightsError
 from gan_modules.flags import on_the_command_line
-from gan_modules.run_integrity import CheckpointMismatchError, check_strategy, mismatch_error
+from gan_modules.run_integrity import CheckpointMismatchError, check_strategy, refuse_another_model
 from gan_modules.sampling import load_generator_checkpoint, output_problem, write_samples
 
 # Errors whose message says it all: one line on stderr, no traceback.
@@ -98,10 +98,8 @@ class GANCLI(LightningCLI):
                 logger.version = version  # continue in the run's own folder
         if not ckpt_path or not Path(ckpt_path).is_file():  # `best`, `hpc`, a URL: Lightning resolves them
             return
-        found = read_checkpoint(ckpt_path).get("gan_state", {}).get("model")
         configured = str(config.model.class_path).rsplit(".", 1)[-1]
-        if found != configured:
-            raise mismatch_error(found, configured, f" {ckpt_path}")
+        refuse_another_model(read_checkpoint(ckpt_path), configured, f" {ckpt_path}")
 
     @staticmethod
     def _checkpoint_to_continue(config: Namespace, ckpt_path: str, logger: Namespace | None) -> Path:

@@ -246,9 +246,7 @@ class RunIntegrity(LightningModule):
         """Lightning's ``load_from_checkpoint``, refusing first, by name, a checkpoint of another model
         class (its hyperparameters would otherwise reach this class's ``__init__`` as unknown arguments)."""
         if isinstance(checkpoint_path, (str, os.PathLike)) and Path(checkpoint_path).is_file():
-            found = read_checkpoint(checkpoint_path).get("gan_state", {}).get("model")
-            if found != cls.__name__:
-                raise mismatch_error(found, cls.__name__, f" {checkpoint_path}")
+            refuse_another_model(read_checkpoint(checkpoint_path), cls.__name__, f" {checkpoint_path}")
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def guard_checkpoint_save(self, checkpoint: dict[str, Any]) -> list[Tensor]:
@@ -267,9 +265,8 @@ class RunIntegrity(LightningModule):
         checkpoint is imported).
         """
         source = self._checkpoint_source()
-        state = checkpoint.get("gan_state")
-        if state is None or state["model"] != type(self).__name__:
-            raise mismatch_error(state["model"] if state else None, type(self).__name__, source)
+        refuse_another_model(checkpoint, type(self).__name__, source)
+        state = checkpoint["gan_state"]
         self._check_architecture(checkpoint.get("hyper_parameters", {}), source)
         self._prefer_configured_optimizer_settings(checkpoint)
         return state
@@ -408,6 +405,24 @@ def check_strategy(strategy: Any) -> None:
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint that does not fit the configured model (another class, other layer shapes)."""
+
+
+def saved_model_class(checkpoint: dict[str, Any]) -> str | None:
+    """The name of the GAN module class that wrote ``checkpoint`` (``None``: not this project's)."""
+    state = checkpoint.get("gan_state")
+    found = state.get("model") if isinstance(state, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def refuse_another_model(checkpoint: dict[str, Any], expected: str, source: str = "") -> None:
+    """The one check of whether a checkpoint is a model's: raise unless ``expected`` (a class name) wrote it.
+
+    Raises:
+        CheckpointMismatchError: naming the class found, or that the file is not this project's.
+    """
+    found = saved_model_class(checkpoint)
+    if found != expected:
+        raise mismatch_error(found, expected, source)
 
 
 def mismatch_error(found: str | None, expected: str, source: str = "") -> CheckpointMismatchError:

@@ -16,6 +16,7 @@ from torchvision.utils import save_image
 from gan_modules.base import GANModule
 from gan_modules.callbacks import image_grid
 from gan_modules.checkpoint_io import read_checkpoint, temporary_path
+from gan_modules.run_integrity import saved_model_class
 from gan_modules.flags import advice
 
 OUTPUT_SUFFIXES = (".pt", ".pth")
@@ -38,8 +39,7 @@ def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(advice(f"No checkpoint at {path}: pass `--ckpt_path` a .ckpt file written by `train.py fit`."))
     checkpoint = read_checkpoint(path, map_location=map_location)
-    gan_state = checkpoint.get("gan_state")
-    name = gan_state.get("model") if isinstance(gan_state, dict) else None
+    name = saved_model_class(checkpoint)
     state_dict = checkpoint.get("state_dict")
     if name not in gan_modules.__all__ or not isinstance(state_dict, dict):
         raise ValueError(advice(f"{path} was not written by this project's GAN modules (found model {name!r}): "
