@@ -284,7 +284,9 @@ def _build_cli(args: list[str] | None, run: bool) -> GANCLI:
         save_config_kwargs={"overwrite": True},
         # `sample` needs no Trainer, model or data, which LightningCLI builds for its subcommands:
         # `main` runs it before LightningCLI starts, and `train.py --help` names it here.
-        parser_kwargs={"epilog": f"Also `train.py sample`: {SAMPLE_HELP} (`train.py sample --help` lists its options)"},
+        parser_kwargs={"description": "Train and validate DCGAN, WGAN-GP and WGAN from a preset (`fit --config "
+                                      "configs/dcgan_mnist.yaml`), and sample from their checkpoints.",
+                       "epilog": f"Also `train.py sample`: {SAMPLE_HELP} (`train.py sample --help` lists its options)"},
         args=args,
         run=run,
     )
