@@ -203,8 +203,9 @@ def resolve_checkpoint(spec: str | Path, runs_dir: str | Path = "runs") -> Path:
     Raises:
         CheckpointReadError: ``last`` or a folder without any ``last*.ckpt``.
     """
-    folder = Path(runs_dir) if str(spec) == "last" else Path(spec)
-    if not folder.is_dir():
+    last = str(spec) == "last"
+    folder = Path(runs_dir) if last else Path(spec)
+    if not last and not folder.is_dir():
         return Path(spec)
     found = find_last_checkpoint(folder)
     if found is None:

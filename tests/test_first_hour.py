@@ -197,3 +197,11 @@ def test_the_console_shows_the_losses_and_no_adverts_or_internal_warnings(tmp_pa
     assert "WGANGP: generator" in console and "M parameters" in console
     for unwanted in ("Tip:", "LeafSpec", "FLOPs", "Traceback"):
         assert unwanted not in console, unwanted
+
+
+def test_sample_last_before_any_run_says_there_is_none(monkeypatch, capsys, tmp_path) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run_main(monkeypatch, tmp_path, "sample")  # no runs/ folder at all
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.py sample: error: No checkpoint to use for last: no last*.ckpt in runs"), err
