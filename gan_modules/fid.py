@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from tqdm import tqdm
+
 from gan_modules.flags import advice
 
 INCEPTION_FEATURES = (64, 192, 768, 2048)

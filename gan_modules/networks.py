@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
+
 from gan_modules.flags import advice
 
 Norm = Literal["batch", "layer", "none"]
