@@ -1,30 +1,39 @@
 """What DCGAN, WGAN-GP and WGAN share: the two networks, the critic/generator schedule, the
 step counters and sampling, read as the algorithm box. Each family's file adds only its losses and
-optimisers; what keeps a run honest and resumable (per-rank randomness, the finiteness guard,
-strategy and checkpoint checks) lives in :mod:`gan_modules.run_integrity`."""
+optimisers; the checks that keep a run honest (the finiteness guard, strategy and checkpoint checks)
+live in :mod:`gan_modules.run_integrity`, which the module calls."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LinearLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from gan_modules.checkpoint_io import read_checkpoint
 from gan_modules.continuation import align_epoch_with_data
-from gan_modules.networks import Discriminator, Generator, Norm, resolution_levels
-from gan_modules.run_integrity import RunIntegrity
 from gan_modules.flags import advice
+from gan_modules.networks import Discriminator, Generator, Norm, resolution_levels
+from gan_modules.run_integrity import (FiniteGuard, attached_trainer, check_checkpoint_fits, check_strategy,
+                                       refuse_another_model)
 
 
-class GANModule(RunIntegrity):
+class GANModule(LightningModule):
     """A GAN trained with manual optimisation, one critic (discriminator) update per batch.
 
     One ``training_step`` is one critic update on a fresh real batch and a fresh fake batch. The
     generator is updated after every ``n_critic``-th critic update. ``critic_steps`` and
     ``generator_steps`` count the updates and are saved in checkpoints; Lightning's
-    ``trainer.global_step`` counts the optimiser steps of both networks, i.e. their sum.
+    ``trainer.global_step`` counts the optimiser steps of both networks, i.e. their sum. The training
+    noise (and WGAN-GP's mixing coefficients) of each step come from ``train_rng``, seeded from
+    (seed, rank, critic step), so a resumed run draws what the uninterrupted run drew.
 
     Subclasses implement :meth:`critic_loss`, :meth:`generator_loss`, :meth:`score_metrics` and
     :meth:`make_optimizer`, and declare the hyperparameter ``lr``. Their ``__init__``
@@ -43,29 +52,18 @@ class GANModule(RunIntegrity):
         max_generator_steps: stop training after this many generator updates, the iteration count
             the papers report (``None``: let the trainer's ``max_epochs``/``max_steps`` decide).
         check_finite_every_n_steps: every this many batches, check that every step's losses since
-            the last check and the gradient norms of each network's latest update are finite,
-            stopping with an error that names the value (``None``: every ``log_every_n_steps``, when
-            the logs wait for the device anyway; 0: only before checkpoints). The losses are kept on
-            the device in between. A non-finite gradient at a step between checks makes the weights,
-            and so the next loss, non-finite. Under ``16-mixed`` only the losses are checked: there a
-            non-finite gradient is the GradScaler's normal signal to skip the step. Every checkpoint
-            also checks every weight, buffer and optimiser state first, so none holds a NaN or an
-            infinity.
+            the last check and the gradient norms of each network's latest update are finite, and
+            stop naming the value if not (``None``: every ``log_every_n_steps``, when the logs wait
+            for the device anyway; 0: only before checkpoints, which are never written non-finite).
         ema_decay: keep an exponential moving average of the generator's weights and buffers,
             ``ema = decay * ema + (1 - decay) * weights`` after every generator update, and sample
             from it (grids, FID, ``sample``); ``None`` turns it off.
-        channels_last: keep the networks' weights and the images in channels-last memory layout, which
-            convolutions on recent GPUs (tensor cores, especially under mixed precision) run faster;
-            the same results up to float rounding. Off by default: on CPUs it rarely pays.
-        compile: ``torch.compile`` the generator and the critic (in place, so checkpoints keep their
-            keys); the same results up to float rounding, after a compilation of tens of seconds at
-            the first steps. WGAN-GP's penalty runs the critic uncompiled: torch.compile does not
-            support the double backward it needs.
-        critic_lr: the critic's (DCGAN's discriminator's) learning rate, instead of ``lr``
-            (``None``: ``lr``). Heusel et al.'s two time-scale update rule (TTUR, arXiv:1706.08500)
-            trains the two networks at different rates; their DCGAN on CelebA used 1e-5 for the
-            discriminator and 5e-4 for the generator (FID 12.5 against 21.4 at one rate of 5e-4):
-            configs/dcgan_celeba_ttur.yaml.
+        channels_last: channels-last memory layout for the weights and images, faster on recent GPUs
+            (tensor cores); the same results up to float rounding. Rarely pays on CPUs.
+        compile: ``torch.compile`` both networks in place (checkpoints keep their keys); the same results
+            up to float rounding. WGAN-GP's penalty runs the critic uncompiled (no double backward).
+        critic_lr: the critic's learning rate, instead of ``lr`` (``None``: ``lr``): the two time-scale
+            update rule (TTUR, Heusel et al., arXiv:1706.08500), configs/dcgan_celeba_ttur.yaml.
         generator_lr: the generator's learning rate, instead of ``lr`` (``None``: ``lr``).
         lr_schedule: ``none``: constant rates (the papers the presets reproduce); ``linear``: both
             rates decay linearly to 0 over ``max_generator_steps`` generator updates (which it
@@ -138,11 +136,20 @@ class GANModule(RunIntegrity):
         self._critic_steps_at_last_generator_step = 0
         self._generator_terms: dict[str, Tensor] = {}  # the latest generator update's, logged until the next
         self._gradient_norms: dict[str, Tensor] | None = None  # gradient_norms' since the latest update
+        self.guard = FiniteGuard()
+        self.noise_seed: int | None = None  # the run's seed, saved in checkpoints
+        self.train_rng: torch.Generator | None = None  # reseeded at every training step
+
+    def setup(self, stage: str) -> None:
+        check_strategy(self.trainer.strategy)
+        if self.noise_seed is None:  # a restored checkpoint's seed comes later and wins
+            self.noise_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
 
     # --- the algorithm -------------------------------------------------------------------------
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         real = self._real_images(batch)
+        self._seed_step_noise()
         critic_opt, generator_opt = self.optimizers()
         critic_terms = self._critic_step(real, critic_opt)
         if self.critic_steps - self._critic_steps_at_last_generator_step >= self.critic_iterations():
@@ -150,7 +157,16 @@ class GANModule(RunIntegrity):
         self._stop_at_generator_limit()
         if self._log_due():
             self._log_terms(critic_terms)
-        self.check_finite_if_due()
+        self.guard.check_if_due(self)
+
+    def _seed_step_noise(self) -> None:
+        """Seed ``train_rng`` from (seed, rank, critic step): the noise is derived, not saved (edm2's rule),
+        so a resume needs no random state, and each rank draws its own. CPU and CUDA generators draw
+        different numbers from one seed: a run continued on another kind of device draws that device's."""
+        if self.train_rng is None or self.train_rng.device != self.device:
+            self.train_rng = torch.Generator(self.device)
+        key = hashlib.blake2b(f"{self.noise_seed}/{self.global_rank}/{self.critic_steps}".encode(), digest_size=8)
+        self.train_rng.manual_seed(int.from_bytes(key.digest(), "little") >> 1)  # a seed below 2**63
 
     def _critic_step(self, real: Tensor, optimizer: Any) -> dict[str, Tensor]:
         """Critic: minimise the family's critic loss on a real batch and a fresh fake batch."""
@@ -186,24 +202,18 @@ class GANModule(RunIntegrity):
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        """``AveragedModel.update_parameters`` for the EMA generator (parameters and buffers), with the
-        same results, without its two read-backs of the update count (``bool(n_averaged == 0)``,
-        ``n_averaged > 0``), each a wait for the device: the count is ``generator_steps``, one
-        update per generator update from the first. The first copies the weights, as torch's does."""
-        ema = self.generator_ema
+        """``AveragedModel.update_parameters`` for the EMA generator, bit for bit, without its two
+        read-backs of the update count (each a wait for the device): the count is ``generator_steps``."""
+        ema, decay = self.generator_ema, self.hparams.ema_decay
         averaged = [t.detach() for t in (*ema.module.parameters(), *ema.module.buffers())]
         current = [t.detach() for t in (*self.generator.parameters(), *self.generator.buffers())]
-        if self.generator_steps == 1:
-            for average, value in zip(averaged, current, strict=True):
+        for average, value in zip(averaged, current, strict=True):
+            if self.generator_steps == 1:
                 average.copy_(value)
-        else:  # get_ema_multi_avg_fn's update: a lerp of the float tensors, the formula for the rest
-            decay = self.hparams.ema_decay
-            floats = [(a, v) for a, v in zip(averaged, current, strict=True) if a.is_floating_point()]
-            if floats:
-                torch._foreach_lerp_([a for a, _ in floats], [v for _, v in floats], 1 - decay)
-            for average, value in zip(averaged, current, strict=True):
-                if not average.is_floating_point():  # batch norm's num_batches_tracked
-                    average.copy_(average * decay + value * (1 - decay))
+            elif average.is_floating_point():  # get_ema_multi_avg_fn's lerp
+                average.lerp_(value, 1 - decay)
+            else:  # batch norm's num_batches_tracked: its formula
+                average.copy_(average * decay + value * (1 - decay))
         ema.n_averaged += 1
 
     def _descend(self, optimizer: Any, loss: Tensor, network: str) -> None:
@@ -212,24 +222,20 @@ class GANModule(RunIntegrity):
         self.manual_backward(loss)
         optimizer.step()
         self._gradient_norms = None  # new gradients: gradient_norms computes them afresh
-        self.watch_finite(network, loss)
+        self.guard.watch(network, loss)
 
     def gradient_norms(self) -> dict[str, Tensor]:
         """The L2 norm of each network's gradients from its latest update, as ``critic_grad_norm`` and
-        ``generator_grad_norm``; a network with no update yet in this fit (also right after a
-        resume, when no gradients are loaded, and outside a fit) is left out.
+        ``generator_grad_norm`` (a network without an update in this fit is left out), on the device.
 
-        Read from the ``.grad`` of the parameters each network's optimiser updates (its parameter
-        groups: no walk of the modules), which hold a network's latest gradients until its next
-        update (the other network's step leaves them alone), and only when the logs or the
-        finiteness checks ask, at most once per optimiser step, not at every step. They are read
-        after the optimiser's step: under ``16-mixed`` the GradScaler has unscaled them in place by
-        then, so these are the true norms in every precision.
+        Computed only when the logs or the finiteness checks ask, from the ``.grad`` each optimiser's
+        parameters keep until that network's next update; after the step, so under ``16-mixed`` the
+        GradScaler has unscaled them already.
         """
         if self._gradient_norms is None:
             grads = {name: [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
                      for name, optimizer in zip(("critic_grad_norm", "generator_grad_norm"),
-                                                self.optimizers() if self.attached_trainer is not None else [])}
+                                                self.optimizers() if attached_trainer(self) is not None else [])}
             self._gradient_norms = {name: torch.nn.utils.get_total_norm(network_grads)  # on the device
                                     for name, network_grads in grads.items() if network_grads}
         return self._gradient_norms
@@ -238,20 +244,15 @@ class GANModule(RunIntegrity):
 
     def _log_due(self) -> bool:
         """Whether this batch's metrics are written, as Lightning decides for its own: every
-        ``log_every_n_steps`` batches (one batch is one critic step) and the last batch of a
-        stopped run."""
+        ``log_every_n_steps`` batches and the last batch of a stopped run."""
         every = self.trainer.log_every_n_steps
         return bool(every) and (self.critic_steps % every == 0 or self.trainer.should_stop)
 
     def _log_terms(self, critic_terms: dict[str, Tensor]) -> None:
         """Write the named terms (each as its mean) to the loggers and ``trainer.callback_metrics``, in
-        one read-back.
-
-        Written directly, as Lightning writes a batch's metrics (same step, same ``epoch`` value),
-        not through ``self.log``: Lightning's result collection costs about a millisecond of host
-        time per key and call (benchmarks/step_overhead.py), ten times what the rest of the logging
-        costs. ``callback_metrics`` still sees every value, so checkpoint monitors and early
-        stopping work as usual.
+        one read-back, with the step and ``epoch`` Lightning would give them; not through ``self.log``,
+        whose result collection costs about a millisecond of host time per key and call
+        (benchmarks/step_overhead.py). Checkpoint monitors and early stopping still see every value.
         """
         # The generator's terms and gradient norm are those of its latest update.
         terms = {**critic_terms, **self._generator_terms, **self.gradient_norms()}
@@ -272,13 +273,10 @@ class GANModule(RunIntegrity):
     def critic_scores(self, real: Tensor, fake: Tensor, together: bool | None = None) -> tuple[Tensor, Tensor]:
         """The critic's scores of ``real`` and ``fake``, (N, 1) each.
 
-        Without batch norm each sample's score is independent of the rest of its batch, so on an
-        accelerator both go through one forward of the concatenated batch (one launch of every layer
-        instead of two). With batch norm they go separately, each batch normalised by its own
-        statistics, as DCGAN trains; and on a CPU too, where the single forward measured 10-20 %
-        slower at the presets' widths (twice the activations per layer fall out of the caches) though
-        faster for tiny networks. With spectral norm a single forward is one power iteration per
-        critic update instead of two.
+        Without batch norm a sample's score does not depend on its batch, so on an accelerator both go
+        through one forward of the concatenated batch. With batch norm they go separately, each batch
+        normalised by its own statistics, as DCGAN trains; and on a CPU, where one forward measured
+        10-20 % slower at the presets' widths.
 
         Args:
             real: real images (N, C, H, W).
@@ -319,9 +317,8 @@ class GANModule(RunIntegrity):
 
     @staticmethod
     def score_terms(real_scores: Tensor, fake_scores: Tensor) -> dict[str, Tensor]:
-        """The critic's scores of a real and a fake batch as named terms, under the names every family
-        logs their means by (``train/real_score``, ``train/fake_score``). The means are taken when
-        they are logged, not at every step."""
+        """The critic's scores of a real and a fake batch as named terms, logged as their means
+        (``train/real_score``, ``train/fake_score``) by every family."""
         return {"real_score": real_scores, "fake_score": fake_scores}
 
     def critic_iterations(self) -> int:
@@ -412,27 +409,44 @@ class GANModule(RunIntegrity):
     # --- checkpoints ---------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        rng_states = self.guard_checkpoint_save(checkpoint)  # never saves a non-finite state
+        self.guard.check_state(self, checkpoint)  # never saves a non-finite state
         checkpoint["gan_state"] = {
             "model": type(self).__name__,
             "critic_steps": self.critic_steps,
             "generator_steps": self.generator_steps,
             "critic_steps_at_last_generator_step": self._critic_steps_at_last_generator_step,
-            "train_rng_states": rng_states,
+            "noise_seed": self.noise_seed,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the counters and RNG states, after checking that the checkpoint fits this model
-        (:meth:`~gan_modules.run_integrity.RunIntegrity.check_checkpoint_fits`)."""
-        state = self.check_checkpoint_fits(checkpoint)
+        """Restore the counters and the seed, after checking that the checkpoint fits this model."""
+        state = check_checkpoint_fits(self, checkpoint)
         self.critic_steps = state["critic_steps"]
         self.generator_steps = state["generator_steps"]
         self._critic_steps_at_last_generator_step = state["critic_steps_at_last_generator_step"]
-        self.restore_run_state(state)
-        if self.attached_trainer is not None:
+        self.noise_seed = state.get("noise_seed", self.noise_seed)
+        self.guard.loaded(self.critic_steps)
+        if attached_trainer(self) is not None:
             # Before Lightning restores its loops from the same dict: a run stopped inside an epoch
             # continues with the rest of that epoch, not with the next one.
             align_epoch_with_data(checkpoint, self.trainer)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``, refusing first, by name, a checkpoint of another model
+        class (its hyperparameters would otherwise reach this class's ``__init__`` as unknown arguments)."""
+        if isinstance(checkpoint_path, (str, os.PathLike)) and Path(checkpoint_path).is_file():
+            refuse_another_model(read_checkpoint(checkpoint_path), cls.__name__, f" {checkpoint_path}")
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_validation_end(self) -> None:
+        # DDP gives every rank rank 0's buffers (batch-norm statistics, spectral-norm vectors) at each
+        # training forward, except the first after a validation, whose no-grad forwards switch that off
+        # once. A run resumed after a validation starts from rank 0's buffers (the checkpoint's), so the
+        # uninterrupted run must too: broadcast them here.
+        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            for buffer in self.buffers():
+                dist.broadcast(buffer, src=0)
 
     @property
     def sampling_generator(self) -> nn.Module:

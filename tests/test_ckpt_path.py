@@ -132,12 +132,12 @@ def test_strategies_that_start_processes_from_inside_are_refused_before_starting
 def test_one_check_decides_whose_checkpoint_it_is() -> None:
     # Hand-made damage to gan_state gives the one refusal, not a KeyError; another class is named.
     from gan_modules import DCGAN
-    from gan_modules.run_integrity import refuse_another_model
+    from gan_modules.run_integrity import check_checkpoint_fits, refuse_another_model
 
     model = DCGAN(image_shape=(1, 16, 16))
     for damaged in ({}, {"gan_state": {}}, {"gan_state": {"model": 3}}, {"gan_state": "DCGAN"}):
         with pytest.raises(CheckpointMismatchError, match="not written by this project's GAN modules"):
-            model.check_checkpoint_fits(damaged)
+            check_checkpoint_fits(model, damaged)
     with pytest.raises(CheckpointMismatchError, match="holds WGAN, not DCGAN"):
         refuse_another_model({"gan_state": {"model": "WGAN"}}, "DCGAN")
     refuse_another_model({"gan_state": {"model": "DCGAN"}}, "DCGAN")  # its own: no error

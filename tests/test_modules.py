@@ -3,8 +3,6 @@ counters in checkpoints and the validation of hyperparameters."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
@@ -13,7 +11,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gan_modules import DCGAN, WGAN, WGANGP
 from gan_modules.networks import has_batch_norm
-from gan_modules.run_integrity import _continue_from
 
 TINY = dict(image_shape=(1, 16, 16), latent_dim=8, generator_width=4, critic_width=4)
 
@@ -236,34 +233,6 @@ def test_sampling_uses_the_ema_generator_when_enabled() -> None:
 def test_ema_decay_outside_zero_one_is_refused() -> None:
     with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\), got 1.5: set `ema_decay`"):
         DCGAN(**TINY, ema_decay=1.5)
-
-
-def test_a_generator_state_of_another_device_type_seeds_from_its_hash_and_a_damaged_one_raises() -> None:
-    cuda_like = [torch.arange(16, dtype=torch.uint8), torch.arange(16, dtype=torch.uint8).flip(0)]  # seed, offset
-    draws = []
-    for state in (*cuda_like, cuda_like[0]):
-        rng = torch.Generator()
-        with pytest.warns(UserWarning, match=r"from the checkpoint \(16 bytes\) is another kind of device's than "
-                                             r"this run's cpu generator \(5056 bytes\)"):
-            _continue_from(rng, state, "the checkpoint")
-        draws.append(torch.randn(4, generator=rng))
-    assert not torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])  # the state decides the seed
-    native, rng = torch.Generator().manual_seed(3), torch.Generator()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a state of the same kind is installed as it is, silently
-        _continue_from(rng, native.get_state(), "the checkpoint")
-    assert torch.equal(torch.randn(4, generator=rng), torch.randn(4, generator=native))
-    with pytest.raises(RuntimeError, match="Invalid mt19937 state"):  # damaged, not another device's
-        _continue_from(torch.Generator(), torch.zeros(5056, dtype=torch.uint8), "the checkpoint")
-
-
-def test_a_checkpoint_saved_after_the_module_moved_holds_the_state_of_the_generator_that_drew(monkeypatch) -> None:
-    model = DCGAN(**TINY)
-    drawn = model.train_rng  # on the CPU, where it trained
-    torch.randn(3, generator=drawn)
-    # As after a GPU fit, which Lightning's teardown moves to the CPU: another device (type) than the draws'.
-    monkeypatch.setattr(model, "_device", torch.device("meta"))
-    assert torch.equal(model._gather_rng_states()[0], drawn.get_state())
 
 
 def test_the_ema_update_is_torchs_averaged_model_update_bit_for_bit() -> None:

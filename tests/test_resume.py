@@ -91,24 +91,6 @@ def test_resumed_run_ends_bitwise_equal_to_the_uninterrupted_run(
     assert torch.equal(grid.noise, SampleGridCallback(num_samples=4, seed=0).setup_noise(reference))
 
 
-def test_a_checkpoint_of_another_kind_of_device_continues_reproducibly_with_a_warning(
-        mnist_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
-    with pytest.raises(Crash):
-        run(WGANGP, mnist_dir, tmp_path / "saved", callbacks=[CrashAt(0, 5)])
-    checkpoint = torch.load(tmp_path / "saved" / "last.ckpt", weights_only=True)
-    # What a CUDA run saves for its noise generator: 16 bytes (seed and offset), not a CPU's 5056.
-    checkpoint["gan_state"]["train_rng_states"] = [torch.arange(16, dtype=torch.uint8)]
-    torch.save(checkpoint, tmp_path / "from_cuda.ckpt")
-    continued = []
-    for name in ("first", "second"):
-        with pytest.warns(UserWarning, match="another kind of device's than this run's cpu generator"):
-            model, trainer, _ = run(WGANGP, mnist_dir, tmp_path / name, ckpt_path=str(tmp_path / "from_cuda.ckpt"))
-        assert model.critic_steps == trainer.num_training_batches * 2  # it trained to the end
-        continued.append((model, trainer.optimizers))
-    assert_same_training_state(*continued[0], *continued[1])
-
-
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch) -> None:
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
