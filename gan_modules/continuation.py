@@ -1,9 +1,10 @@
 """Continuing a run past a planned stop as if it had never stopped.
 
-A run stopped by ``--model.max_generator_steps``, ``--trainer.max_steps`` or ``--trainer.max_time``
-usually stops inside an epoch, and Lightning then counts that epoch as finished: a run continued
-from its checkpoint with a higher limit would start the next epoch and never train on the rest of
-the stopped one. :func:`align_epoch_with_data` corrects the count when the checkpoint is loaded.
+A run stopped inside an epoch (``--model.max_generator_steps``, ``--trainer.max_steps``,
+``--trainer.max_time``) is counted by Lightning as having finished that epoch, so a continued run would
+skip the rest of it. The datamodule's checkpoint entry knows the epoch its batches came from; the loop
+state is corrected to agree with it when the checkpoint is loaded. Keys pinned by
+tests/test_lightning_internals.py.
 """
 
 from __future__ import annotations
@@ -14,32 +15,18 @@ from lightning.pytorch import Trainer
 
 
 def align_epoch_with_data(checkpoint: dict[str, Any], trainer: Trainer) -> None:
-    """Make the epoch counters in ``checkpoint``'s loop state agree with the epoch its datamodule was
-    drawing batches from, so that ``trainer`` continues where the data stopped.
+    """Make the epoch counters in ``checkpoint``'s loop state agree with the epoch ``X`` its datamodule was
+    drawing batches from, so that ``trainer`` continues where the data stopped. Lightning counts epochs
+    ``ready``/``started`` (X + 1 once epoch X began) and ``processed``/``completed`` (X until it ends).
 
-    The datamodule's state holds the epoch ``X`` of the batches trained on (its sampler's) and how
-    many; Lightning's ``epoch_progress`` counts epochs ``ready``/``started`` (X + 1 once epoch X has
-    begun) and ``processed``/``completed`` (X until epoch X ends). Three of Lightning's states are
-    continued wrongly, and each is rewritten into one it continues exactly:
-
-    - A stop after a batch inside an epoch (``trainer.should_stop``, which ``max_generator_steps``
-      and the ``max_time`` timer set, or ``max_steps`` reached) still ends the epoch: ``processed``
-      counts it before ``on_train_epoch_end`` (where ModelCheckpoint saves by default) and
-      ``completed`` before ``on_train_end``, and a continued run would start epoch X + 1. The
-      batch progress tells a cut epoch from a finished one (``is_last_batch`` is false: the data
-      had not run out), and its counters go back to X: the state of a checkpoint written at a
-      validation after the epoch's last trained batch, which Lightning resumes inside the epoch
-      (the datamodule skips the batches it holds as trained).
-    - A finished epoch continued by a trainer that counts steps (``max_steps`` set): Lightning
-      restarts every loop then, and from an epoch-end state trains an empty or a double-counted
-      epoch. The state becomes that of a checkpoint written after the epoch's last batch.
-    - Resumed from such a checkpoint (every N steps, at an epoch's last batch), Lightning starts the
-      next epoch without counting it ``ready``/``started``, and every later checkpoint of the run
-      says so; a continued run would restart an epoch from its first batch. They are counted.
-
-    Checkpoints that are right already (inside an epoch, at the end of a finished one) are left as
-    they are. This runs on load, so it also repairs checkpoints written before it existed (those
-    saved in ``on_train_end`` held Lightning's epoch, not the sampler's, and stay as they were).
+    - A stop inside an epoch still counts it ``processed`` (before ``on_train_epoch_end``, where the end of
+      the run is saved) and ``completed``: the epoch's batch progress tells a cut epoch (``is_last_batch``
+      false) from a finished one, and the counters go back to X, the state of a checkpoint written after a
+      batch, which Lightning resumes inside the epoch (the datamodule skips the batches already trained).
+    - A finished epoch continued under ``max_steps`` would be restarted by Lightning (an empty or a
+      double-counted epoch): it becomes the state of a checkpoint written after the epoch's last batch.
+    - Resumed from such a checkpoint, Lightning starts the next epoch without counting it
+      ``ready``/``started``, and every later checkpoint says so: it is counted.
 
     Args:
         checkpoint: a Lightning checkpoint being loaded; its ``loops`` entry is changed in place.
