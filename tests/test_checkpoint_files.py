@@ -338,3 +338,13 @@ def test_every_n_epochs_is_still_honoured_and_the_end_of_the_run_saved(mnist_dir
     _fit(mnist_dir, checkpoint, Record(), max_epochs=3)
     # Epoch 1 by the schedule; epoch 2, the last, because the run ends there; never epoch 0.
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["epoch=1-step=32.ckpt", "epoch=2-step=48.ckpt"]
+
+
+def test_a_flipped_bit_and_a_named_pipe_are_refused_not_loaded(tmp_path: Path) -> None:
+    _flip_a_weight_byte(tmp_path / "rotten.ckpt")  # torch.load would read it without complaint
+    with pytest.raises(CheckpointReadError, match=r"rotten\.ckpt is truncated or corrupt \(a record does not "
+                                                  r"match its checksum\)"):
+        read_checkpoint(tmp_path / "rotten.ckpt")
+    os.mkfifo(tmp_path / "pipe.ckpt")  # opening it to read would wait for a writer forever
+    with pytest.raises(CheckpointReadError, match=r"pipe\.ckpt is not a regular file"):
+        read_checkpoint(tmp_path / "pipe.ckpt")
