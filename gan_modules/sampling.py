@@ -8,7 +8,6 @@ import inspect
 import io
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torchvision.utils import save_image
@@ -18,8 +17,6 @@ from gan_modules.callbacks import image_grid
 from gan_modules.checkpoint_io import read_checkpoint, temporary_path
 from gan_modules.run_integrity import saved_model_class
 from gan_modules.flags import advice
-
-OUTPUT_SUFFIXES = (".pt", ".pth")
 
 
 def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") -> GANModule:
@@ -37,21 +34,26 @@ def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") 
 
     path = Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(advice(f"No checkpoint at {path}: pass `--ckpt_path` a .ckpt file written by `train.py fit`."))
+        raise FileNotFoundError(advice(f"No checkpoint at {path}: pass `--ckpt_path` a .ckpt file written by "
+                                       f"`train.py fit`."))
     checkpoint = read_checkpoint(path, map_location=map_location)
     name = saved_model_class(checkpoint)
     state_dict = checkpoint.get("state_dict")
     if name not in gan_modules.__all__ or not isinstance(state_dict, dict):
         raise ValueError(advice(f"{path} was not written by this project's GAN modules (found model {name!r}): "
                          f"pass `--ckpt_path` a checkpoint written by `train.py fit`."))
-    bad_key = _first_nonfinite(state_dict)
+    bad_key = next((key for key, value in state_dict.items() if isinstance(value, torch.Tensor)  # EMA's too
+                    and value.is_floating_point() and not torch.isfinite(value).all()), None)
     if bad_key is not None:
         raise ValueError(advice(f"{path} holds non-finite values in `{bad_key}` (training had diverged when it was "
                          f"saved): pass `--ckpt_path` an earlier checkpoint, e.g. an epoch=...ckpt in {path.parent}."))
     cls = getattr(gan_modules, name)
     hyperparameters = checkpoint.get("hyper_parameters")
     hyperparameters = hyperparameters if isinstance(hyperparameters, dict) else {}
-    arguments = _init_argument_names(cls)
+    # Named __init__ arguments of the class and its GANModule bases (a subclass takes the shared ones as **kwargs).
+    arguments = {parameter.name for klass in cls.__mro__ if issubclass(klass, GANModule)
+                 for parameter in inspect.signature(klass.__init__).parameters.values()
+                 if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)} - {"self"}
     try:
         arguments_of_the_run = {key: value for key, value in hyperparameters.items() if key in arguments}
         # Sampling needs neither the training-speed options nor a compilation of tens of seconds.
@@ -65,42 +67,19 @@ def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") 
     return model.to(map_location)
 
 
-def _init_argument_names(cls: type) -> set[str]:
-    """Named ``__init__`` arguments of ``cls`` and its GANModule bases (a subclass may take the
-    shared ones as ``**kwargs``)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if issubclass(klass, GANModule):
-            for parameter in inspect.signature(klass.__init__).parameters.values():
-                if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
-                    names.add(parameter.name)
-    return names - {"self"}
-
-
-def _first_nonfinite(state_dict: dict[str, Any]) -> str | None:
-    """The first key of a floating tensor holding a NaN or an infinity (the EMA generator's too)."""
-    for key, value in state_dict.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
-            return key
-    return None
-
-
 def output_problem(output: str | Path) -> str | None:
     """Why the tensor file ``output`` or its PNG grid cannot be written, checked before any work;
     ``None`` when both can be."""
     output = Path(output)
-    grid = output.with_suffix(".png")
-    if output.suffix not in OUTPUT_SUFFIXES:
+    if output.suffix not in (".pt", ".pth"):
         # A .png output would be overwritten by its own grid, which goes beside it as <stem>.png.
         return (f"--output {output} must end in .pt (a tensor file; the PNG grid goes beside it): "
                 f"pass e.g. `--output {output.with_suffix('.pt')}`.")
-    for target in (output, grid):
+    for target in (output, output.with_suffix(".png")):
         if target.is_dir():
             return (f"--output: {target} is a folder, not a file: pass a file path such as "
                     f"`--output {output / 'samples.pt'}`.")
-    existing = output.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = next(folder for folder in output.parents if folder.exists())  # "." or "/" at the latest
     if not existing.is_dir():
         return (f"--output {output} lies under {existing}, which is a file, not a folder: "
                 f"pass `--output` a path in a folder.")
@@ -110,11 +89,8 @@ def output_problem(output: str | Path) -> str | None:
 
 
 def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: int = 0, nrow: int = 8) -> Path:
-    """Write ``num_samples`` images as a uint8 (N, C, H, W) tensor file and a PNG grid beside it.
-
-    Both files are written to temporary files in the output's folder and renamed over the targets
-    only when both are complete, so a failed write (a full disk) leaves neither a partial file nor
-    a temporary one.
+    """Write ``num_samples`` images as a uint8 (N, C, H, W) tensor file and a PNG grid beside it; both
+    are renamed into place only when both are complete, so a failed write leaves neither half-written.
 
     Returns:
         The path of the PNG grid.
@@ -131,26 +107,21 @@ def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: 
     torch.save(as_uint8, tensor_bytes)
     save_image(image_grid(as_uint8.float() / 127.5 - 1, nrow), grid_bytes, format="png")  # the saved values
 
-    temporaries: list[Path] = []
+    temporaries = {output: temporary_path(output), grid_path: temporary_path(grid_path)}
     target = output.parent
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         for target, data in ((output, tensor_bytes), (grid_path, grid_bytes)):
-            temporary = temporary_path(target)
-            temporaries.append(temporary)
-            with open(temporary, "wb") as file:
+            with open(temporaries[target], "wb") as file:
                 file.write(data.getbuffer())
                 file.flush()
                 os.fsync(file.fileno())
-        for temporary, target in zip(temporaries, (output, grid_path)):
+        for target, temporary in temporaries.items():
             os.replace(temporary, target)
     except OSError as error:
-        for temporary in temporaries:
+        for temporary in temporaries.values():
             temporary.unlink(missing_ok=True)
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            fix = "free some space there or pass `--output` a path on another disk"
-        else:
-            fix = "pass `--output` a path in a folder you can write"
+        fix = ("free some space there or pass `--output` a path on another disk"
+               if error.errno in (errno.ENOSPC, errno.EDQUOT) else "pass `--output` a path in a folder you can write")
         raise OSError(error.errno, f"Cannot write {target}: {error.strerror or error}: {fix}.") from error
     return grid_path
-

@@ -66,12 +66,13 @@ def test_sample_reads_the_checkpoint_once_with_weights_only(checkpoint: Path, tm
     load = torch.load
 
     def counting_load(*args, **kwargs):
-        calls.append(kwargs.get("weights_only"))
+        calls.append((kwargs.get("weights_only"), str(kwargs.get("map_location"))))
         return load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", counting_load)
     sample_command(["--ckpt_path", str(checkpoint), "--num_samples", "2", "--output", str(tmp_path / "s.pt")])
-    assert calls == [True]
+    # The check that the file is intact (onto the meta device: no tensor read), then the one real load.
+    assert calls == [(True, "meta"), (True, "cpu")]
 
 
 def test_sample_uses_the_ema_generator_of_the_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
