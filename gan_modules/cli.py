@@ -1,12 +1,7 @@
 """The command line: ``python train.py fit|validate|sample`` in a clone, ``lightning-gans ...`` installed.
 
-    python train.py fit --config configs/dcgan_mnist.yaml
-    python train.py fit --help
-    python train.py sample --ckpt_path last
-
-Each run logs and checkpoints into its own TensorBoard folder, ``runs/<preset>/version_N/`` (its
-checkpoints in ``checkpoints/`` there, Lightning's own layout); ``--ckpt_path last`` continues the
-preset's newest run in its folder, and ``sample`` takes ``last``, a run folder or a file.
+Each run logs and checkpoints into ``runs/<preset>/version_N/`` (Lightning's layout); ``--ckpt_path last``
+continues the preset's newest run there, and ``sample`` takes ``last``, a run folder or a file.
 """
 
 from __future__ import annotations
@@ -20,12 +15,12 @@ import textwrap
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
 import datamodules
@@ -41,16 +36,13 @@ from gan_modules.sampling import load_generator_checkpoint, output_problem, writ
 
 # Errors whose message says it all: one line on stderr, no traceback.
 ONE_LINE_ERRORS = (CheckpointReadError, CheckpointWriteError, CheckpointMismatchError, InceptionWeightsError)
-
-
 SAMPLE_HELP = "Write images from a checkpoint's generator: a uint8 tensor file and a PNG grid beside it."
 
 
 class GANCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        """``fit`` and ``validate``: a GAN has no test metric or predictions of its own (``sample`` writes
-        images)."""
+        """``fit`` and ``validate``: a GAN has no test metric or predictions (``sample`` writes images)."""
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
 
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
@@ -60,13 +52,11 @@ class GANCLI(LightningCLI):
         # default when `--checkpoint.dirpath` is unset), so each belongs to its TensorBoard run.
         parser.add_lightning_class_args(GANCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
-        # FID is a group of its own, `--fid.*` (`--fid.enabled false` turns it off), so that every
-        # FID message can name a flag that exists.
+        # Groups of their own, so that every FID message can name a flag that exists (`--fid.*`).
         parser.add_lightning_class_args(FIDCallback, "fid")
         parser.add_lightning_class_args(SampleGridCallback, "sample_grid")
         parser.add_lightning_class_args(RunMonitor, "run_monitor")
-        # `--help` lists the models' and datamodules' arguments too, not only `--model.help CLASS`, and
-        # each option in a line or two (its first sentence, type and default), not its whole docstring.
+        # `--help` lists the models' and datamodules' arguments too, each in a line or two.
         full_help = parser.format_help
         parser.format_help = lambda: _short_help(full_help() + _class_arguments_help())
 
@@ -119,17 +109,12 @@ class GANCLI(LightningCLI):
                 f"--trainer.logger.init_args.save_dir (or --checkpoint.dirpath) of the run to continue")
         return found
 
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        # FID switched off (`--fid.enabled false`) is left out rather than carried along doing nothing.
-        trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks = [c for c in trainer.callbacks if not (isinstance(c, FIDCallback) and not c.enabled)]
-        return trainer
-
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
-        if self.trainer is None:
-            return
         check_strategy(self.trainer.strategy)  # before any process is started
+        # FID switched off (`--fid.enabled false`) is left out rather than carried along doing nothing.
+        callbacks = self.trainer.callbacks
+        self.trainer.callbacks = [c for c in callbacks if not (isinstance(c, FIDCallback) and not c.enabled)]
         for callback in self.trainer.callbacks if self.subcommand else []:
             if isinstance(callback, FIDCallback):  # its weights, before any work: offline, a one-line error
                 callback.build_metric()
@@ -163,18 +148,12 @@ def _run_version(checkpoint: Path, logger: Namespace | None) -> int | None:
 
 
 def _refresh_progress_bar_at_log_interval(trainer: Namespace) -> None:
-    """Give the trainer a progress bar that redraws once every ``log_every_n_steps`` batches (when the
-    losses it shows change), at most every quarter of a second and at least every second, unless the
-    bar is off or the configuration brings its own.
-
-    Lightning's default bar redraws the terminal line twice after every batch, a fixed host cost per
-    step of about 5 % of a small network's step on a CPU (benchmarks/step_overhead.py)
-    (:class:`~gan_modules.callbacks.OneDrawProgressBar`).
-    """
-    if trainer.get("enable_progress_bar") is False:
-        return
+    """Give the trainer a :class:`~gan_modules.callbacks.OneDrawProgressBar` that redraws once every
+    ``log_every_n_steps`` batches, unless the bar is off or the configuration brings its own: Lightning's
+    redraws twice a batch, about 5 % of a small network's CPU step (benchmarks/step_overhead.py)."""
     callbacks = trainer.get("callbacks") or []
-    if any(str(getattr(c, "class_path", "")).endswith("ProgressBar") for c in callbacks):
+    if trainer.get("enable_progress_bar") is False or any(
+            str(getattr(c, "class_path", "")).endswith("ProgressBar") for c in callbacks):
         return
     every = trainer.get("log_every_n_steps") or 50  # Lightning's default interval
     trainer.callbacks = [*callbacks, Namespace(class_path="gan_modules.callbacks.OneDrawProgressBar",
@@ -182,9 +161,8 @@ def _refresh_progress_bar_at_log_interval(trainer: Namespace) -> None:
 
 
 def _preset_name(config_files: list | None) -> str:
-    """The stem of the preset among the ``--config`` files: the first that sets ``model`` (trainer
-    fragments such as configs/trainer/cpu.yaml do not), else the first file; Lightning's
-    ``lightning_logs`` without one."""
+    """The stem of the first ``--config`` file that sets ``model`` (a trainer fragment such as
+    configs/trainer/cpu.yaml does not), else of the first file; ``lightning_logs`` without one."""
     files = [Path(path.absolute) for path in config_files or [] if getattr(path, "absolute", None)]
     for path in files:
         if "model" in (yaml.safe_load(path.read_text()) or {}):
@@ -199,18 +177,13 @@ def _class_arguments_help() -> str:
         classes = [getattr(package, name) for name in package.__all__]
         for cls, title in ([(shared, f"every {key}")] if shared else []) + [(c, c.__name__) for c in classes]:
             parser = ArgumentParser(prog=f"--{key} {title}")
-            parser.add_class_arguments(cls, key, skip=None if cls is shared or shared is None else _own_skip(cls, shared))
+            own = inspect.signature(cls.__init__).parameters  # a model passes the shared rest on by **kwargs
+            skip = None if shared is None else set(inspect.signature(shared.__init__).parameters) - set(own)
+            parser.add_class_arguments(cls, key, skip=skip)
             arguments = parser.format_help().split("\n\n", 2)[2]  # drop the usage and -h blocks
             arguments = re.sub(rf"  --{key} CONFIG +Path to a configuration file.\n", "", arguments)
             sections.append(f"\n=== --{key} {title} ===\n{arguments}")
     return "".join(sections)
-
-
-def _own_skip(cls: type, shared: type) -> set[str]:
-    """The shared class's arguments that ``cls`` does not declare itself (it passes them on by ``**kwargs``)."""
-    own = inspect.signature(cls.__init__).parameters
-    return {name for name, parameter in inspect.signature(shared.__init__).parameters.items()
-            if name != "self" and name not in own}
 
 
 def _short_help(text: str, width: int = 100) -> str:
@@ -219,17 +192,17 @@ def _short_help(text: str, width: int = 100) -> str:
     usage, _, body = text.partition("\n\n")
     prog = re.match(r"usage: (.*?) \[-", " ".join(usage.split()) + " [-").group(1)
     lines = [f"usage: {prog} [-h] [--config CONFIG] [--print_config[=flags]] [--KEY VALUE ...]", "",
-             "Each option's first sentence; `--model.help CLASS` (and --trainer.logger.help, ...) show a class in full.",
-             ""]
-    option = None
-
-    def flush() -> None:
-        if option is None:
-            return
-        invocation, description = option
-        if invocation.endswith("[CLASS_PATH_OR_NAME]") or re.fullmatch(r"  --\w+ CONFIG", invocation):
-            return  # `--X.help CLASS` (said once, at the top) and each group's own config file
-        description = " ".join(description.split())
+             "Each option's first sentence; `--model.help CLASS` (and --trainer.logger.help, ...) show a class "
+             "in full.", ""]
+    for block in re.split(r"\n(?!    )", body.removesuffix("\n")):  # a line and the lines indented below it
+        first, *rest = block.split("\n")
+        if not first.startswith(("  -", "  data.image_shape")):
+            lines.extend([first, *rest])
+            continue
+        invocation, _, description = first.strip().partition("  ")
+        if invocation.endswith("[CLASS_PATH_OR_NAME]") or re.fullmatch(r"--\w+ CONFIG", invocation):
+            continue  # `--X.help CLASS` (said once, at the top) and each group's own config file
+        description = " ".join(" ".join([description, *rest]).split())
         cut = max(description.rfind(" (type: "), description.rfind(" (required, type: "))
         details = "" if cut < 0 else re.sub(r", known subclasses:.*\)$", ")", description[cut:])
         first = re.split(r"(?<=\.)\s", description[:cut] if cut >= 0 else description, maxsplit=1)[0]
@@ -237,20 +210,7 @@ def _short_help(text: str, width: int = 100) -> str:
         while len(wrapped) > 2 and len(first) > 40:  # two lines at most, the type and default kept
             first = textwrap.shorten(first, len(first) - 10, placeholder=" ...")
             wrapped = textwrap.wrap(first + details, width, initial_indent=" " * 8, subsequent_indent=" " * 8)
-        lines.extend([invocation, *wrapped])
-
-    for line in body.splitlines():
-        if line.startswith("  -") or line.startswith("  data.image_shape"):
-            flush()
-            invocation, _, description = line.strip().partition("  ")
-            option = ("  " + invocation, description)
-        elif line.startswith("    ") and option is not None:
-            option = (option[0], option[1] + " " + line)
-        else:
-            flush()
-            option = None
-            lines.append(line)
-    flush()
+        lines.extend(["  " + invocation, *wrapped])
     return "\n".join(lines) + "\n"
 
 
@@ -258,42 +218,38 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> GANCLI:
     """The LightningCLI of this project; ``args`` replace ``sys.argv`` (tests pass them). Its errors name
     command-line flags (``--model.n_critic``), where the Python API's name arguments (``n_critic``)."""
     with on_the_command_line():
-        return _build_cli(args, run)
+        return GANCLI(
+            GANModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            trainer_defaults={
+                # name None: the preset's name, set in GANCLI._parse_ckpt_path
+                "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                           "init_args": {"save_dir": "runs", "default_hp_metric": False, "name": None}},
+                "plugins": [{"class_path": "gan_modules.checkpoint_io.AtomicCheckpointIO"}],
+                # RunMonitor prints each network's size (Lightning's table says "FLOPs 0" for a GAN) and logs
+                # the hyperparameters at the end, with the final metrics, not LightningCLI's internals.
+                "enable_model_summary": False,
+                "enable_autolog_hparams": False,
+            },
+            # A continued run (`--ckpt_path last`) writes its configuration into its own folder again.
+            save_config_kwargs={"overwrite": True},
+            # `sample` needs no Trainer, model or data: `main` runs it before LightningCLI; `--help` names it.
+            parser_kwargs={"description": "Train and validate DCGAN, WGAN-GP and WGAN from a preset (`fit --config "
+                                          "configs/dcgan_mnist.yaml`), and sample from their checkpoints.",
+                           "epilog": f"Also `train.py sample`: {SAMPLE_HELP} "
+                                     "(`train.py sample --help` lists its options)"},
+            args=args,
+            run=run,
+        )
 
 
-def _build_cli(args: list[str] | None, run: bool) -> GANCLI:
-    return GANCLI(
-        GANModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        trainer_defaults={
-            # name None: the preset's name, set in GANCLI._parse_ckpt_path
-            "logger": {"class_path": "gan_modules.tensorboard.OneEventTensorBoardLogger",
-                       "init_args": {"save_dir": "runs", "default_hp_metric": False, "name": None}},
-            "plugins": [{"class_path": "gan_modules.checkpoint_io.AtomicCheckpointIO"}],
-            # Lightning's table shows "FLOPs 0" for a module without a forward on data; RunMonitor prints
-            # each network's parameter count instead.
-            "enable_model_summary": False,
-            # RunMonitor logs the hyperparameters at the end, with the final metrics and the data and
-            # trainer settings, not LightningCLI's internals.
-            "enable_autolog_hparams": False,
-        },
-        # A continued run (`--ckpt_path last`) writes its configuration into its own folder again.
-        save_config_kwargs={"overwrite": True},
-        # `sample` needs no Trainer, model or data, which LightningCLI builds for its subcommands:
-        # `main` runs it before LightningCLI starts, and `train.py --help` names it here.
-        parser_kwargs={"description": "Train and validate DCGAN, WGAN-GP and WGAN from a preset (`fit --config "
-                                      "configs/dcgan_mnist.yaml`), and sample from their checkpoints.",
-                       "epilog": f"Also `train.py sample`: {SAMPLE_HELP} (`train.py sample --help` lists its options)"},
-        args=args,
-        run=run,
-    )
-
-
-def sample_parser() -> argparse.ArgumentParser:
-    """The arguments of ``train.py sample``."""
+def sample(argv: list[str]) -> None:
+    """``train.py sample ARGS``: check every argument, then write the samples (``gan_modules.sampling``).
+    Every problem ends the process with one line ``train.py sample: error: ...`` on stderr and exit status 2,
+    and leaves no file half-written."""
     parser = argparse.ArgumentParser(prog="train.py sample", description=SAMPLE_HELP)
     parser.add_argument("--ckpt_path", default="last",
                         help="a checkpoint written by `train.py fit`, a run folder (runs/dcgan_mnist/version_0: its "
@@ -307,40 +263,28 @@ def sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nrow", type=int, default=8, help="images per row of the grid (default 8)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device to run the generator on")
-    return parser
-
-
-def sample(argv: list[str]) -> None:
-    """``train.py sample ARGS``: check every argument, then write the samples (``gan_modules.sampling``).
-
-    Every problem, with an argument, the checkpoint or the output, ends the process with one line
-    ``train.py sample: error: ...`` on stderr and exit status 2, and leaves no file half-written.
-    """
-    parser = sample_parser()
     args = parser.parse_args(argv)
 
     def fail(message: str) -> NoReturn:
         # parser.error's format and exit status 2, without the usage block: one line on stderr.
         parser.exit(2, f"{parser.prog}: error: {message}\n")
 
-    # Every argument is checked before the checkpoint is read or anything is written.
-    if args.num_samples < 1:
-        fail(f"--num_samples must be at least 1, got {args.num_samples}.")
-    if args.nrow < 1:
-        fail(f"--nrow must be at least 1, got {args.nrow}.")
+    for flag in ("num_samples", "nrow"):
+        if getattr(args, flag) < 1:
+            fail(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
     try:
         ckpt_path = resolve_checkpoint(args.ckpt_path)
     except CheckpointReadError as error:
         fail(str(error))
-    output = args.output if args.output is not None else _run_folder(ckpt_path) / "samples.pt"
-    problem = output_problem(output)
-    if problem is not None:
+    run_folder = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    output = args.output if args.output is not None else run_folder / "samples.pt"
+    if (problem := output_problem(output)) is not None:
         fail(problem)
     try:
         device = torch.device(args.device)
     except RuntimeError:
         fail(f"--device {args.device!r} is not a device: pass `--device cpu` or `--device cuda`.")
-    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    found = torch.cuda.device_count()  # 0 without CUDA
     if device.type == "cuda" and (device.index or 0) >= found:
         choices = "`--device cpu`" + (f" or `--device cuda:N` with N from 0 to {found - 1}" if found else "")
         fail(f"--device {args.device} is not a CUDA device of this machine ({found} found): pass {choices}.")
@@ -354,23 +298,15 @@ def sample(argv: list[str]) -> None:
     print(f"wrote {args.num_samples} samples of {ckpt_path} to {output} and the grid to {grid}")
 
 
-def _run_folder(checkpoint: Path) -> Path:
-    """The run folder a checkpoint belongs to: the one above its ``checkpoints/`` folder, else its own."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-
-
-class _NoTips(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.msg)
+def _no_tips(record: logging.LogRecord) -> bool:
+    return "Tip:" not in str(record.msg)
 
 
 def _quiet_console() -> None:
     """What a user should not have to read: Lightning's advert tips, a deprecation inside Lightning's
     own pytree use, and each warning's source line (warnings print on one line each)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _NoTips) for f in logger.filters):
-            logger.addFilter(_NoTips())
+        logging.getLogger(name).addFilter(_no_tips)  # added once however often main runs
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
     warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {' '.join(str(message).split())}\n"
 
@@ -391,7 +327,6 @@ def _packaged_presets(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """``train.py fit|validate|sample ...``; ``argv`` replaces ``sys.argv[1:]``."""
     args = sys.argv[1:] if argv is None else argv
-    # `sample` reads a checkpoint and needs no Trainer, model or data, which LightningCLI would build.
     if args[:1] == ["sample"]:
         sample(args[1:])
         return

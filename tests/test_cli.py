@@ -60,7 +60,7 @@ def test_the_default_logger_is_named_after_the_preset(tmp_path: Path) -> None:
     built = cli(["--config", cpu, "--config", str(ROOT / "configs" / "wgan_mnist.yaml")])
     assert (built.trainer.logger.save_dir, built.trainer.logger.name) == ("runs", "wgan_mnist")
     assert built.trainer.logger._default_hp_metric is False
-    assert type(built.trainer.logger).__name__ == "OneEventTensorBoardLogger"  # one event per log call
+    assert type(built.trainer.logger).__name__ == "TensorBoardLogger"
     assert built.config.checkpoint.dirpath is None  # Lightning's layout: runs/wgan_mnist/version_N/checkpoints
     named = cli(["--config", str(ROOT / "configs" / "dcgan_mnist.yaml"),
                  "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name", "mine"])

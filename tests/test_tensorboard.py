@@ -55,37 +55,3 @@ def test_a_short_fit_writes_the_health_signals(model_cls, family_tags, mnist_dir
     assert "hp/final_fid" in [m.name.tag for m in experiment.experiment.metric_infos]
     final_fid = events.Scalars("hp/final_fid")[-1].value
     assert final_fid == pytest.approx(events.Scalars("val/fid")[-1].value)
-
-
-def _scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(log_dir)
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def test_the_one_event_logger_writes_what_lightnings_logger_writes(tmp_path: Path) -> None:
-    import numpy as np
-    import torch
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
-    from gan_modules.tensorboard import OneEventTensorBoardLogger
-
-    calls = [({"train/a": 1.5, "train/b": torch.tensor(2.25), "train/c": np.float32(3.0), "epoch": 0.0}, 9),
-             ({"train/a": 2.5, "val/d": {"x": 1.0, "y": 2.0}, "flag": True}, 19), ({"train/b": -1.0}, None)]
-    loggers = [cls(tmp_path, name=cls.__name__, prefix="p", default_hp_metric=False)
-               for cls in (TensorBoardLogger, OneEventTensorBoardLogger)]
-    for logger in loggers:
-        for metrics, step in calls:
-            logger.log_metrics(metrics, step=step)
-        logger.finalize("success")
-    theirs, ours = (_scalars(logger.log_dir) for logger in loggers)
-    assert ours == theirs and len(ours) == 5  # p-train/a, p-train/b, p-train/c, p-epoch, p-flag
-    # The dict goes through add_scalars (a run folder per key), as in Lightning's.
-    for logger in loggers:
-        runs = {path.name for path in Path(logger.log_dir).iterdir() if path.is_dir()}
-        assert runs == {"p-val_d_x", "p-val_d_y"}
-        assert _scalars(str(Path(logger.log_dir) / "p-val_d_x")) == {"p-val/d": [(19, 1.0)]}
-    # One event per call of scalars, where Lightning writes one per scalar.
-    main_file = next(Path(loggers[1].log_dir).glob("events.out.tfevents.*"))
-    with_scalars = [e for e in EventFileLoader(str(main_file)).Load() if e.summary.value]
-    assert [len(e.summary.value) for e in with_scalars] == [4, 2, 1]
