@@ -25,41 +25,25 @@ _SOURCE = ("https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (Google Drive: Img
 
 
 class CelebADataModule(ImageFilesDataModule):
-    """CelebA faces in [-1, 1], shape (3, image_size, image_size).
-
-    With ``split="official"`` the train and validation splits are CelebA's own (162,770 and 19,867
-    images, from ``list_eval_partition.txt``); the test partition is not used. With ``split="all"``
-    every image trains, as in the GAN papers, and validation (FID's real statistics) uses the same
-    images; no partition file is needed.
-
-    The files are found in any of these layouts under ``data_dir`` (or ``data_dir/celeba``)::
-
-        celeba/img_align_celeba/000001.jpg ...                  torchvision's download
-        celeba/img_align_celeba/img_align_celeba/000001.jpg ... Kaggle's archive, unzipped
-        celeba/img_align_celeba.zip                             the official zip, extracted once here
-
-    with ``list_eval_partition.txt`` (or Kaggle's ``list_eval_partition.csv``) beside
-    ``img_align_celeba``. Files found are used; torchvision's download runs only when none are.
+    """CelebA faces in [-1, 1], shape (3, image_size, image_size), found in torchvision's layout, Kaggle's
+    nested one or as the official zip (docs/data.md); torchvision's download runs only when none is there.
 
     Args:
-        data_dir: folder holding CelebA in one of the layouts above.
+        data_dir: folder holding ``celeba/`` or its contents: ``img_align_celeba/`` (or ``.zip``) and the partition.
         batch_size: images per batch (per device under DDP).
-        num_workers: dataloader worker processes. With the cache a batch is one gather from a
-            memory-mapped array: 0 (in the training process) was the fastest measured, since
-            workers add an inter-process copy. Without it every image is decoded: use every core.
+        num_workers: dataloader worker processes: 0 was the fastest measured with the cache; without it, every core.
         image_size: side of the square images, after cropping (bilinear, antialiased resize).
         crop: ``center178``: the centred 178 x 178 square, the full width (the common default);
             ``face``: the centred 108 x 108 square of carpedm20/DCGAN-tensorflow, a tighter face crop.
-        split: ``official``: CelebA's train/validation partition; ``all``: train on every image.
+        split: ``official``: CelebA's train and validation partitions (162,770 and 19,867 images);
+            ``all``: train and validate on every image, as in the GAN papers.
         cache: decode, crop and resize every image once into a uint8 ``.npy`` under ``cache_dir`` and
-            train from it without decoding; rebuilt when the crop, size or files change.
+            train from it; rebuilt when the crop, size or files change.
         cache_dir: where the cache goes; ``None``: ``data_dir/.gan_cache``.
         strict: stop on a corrupt or truncated image instead of skipping it with a warning.
-        download: download CelebA with torchvision (from Google Drive, needs ``gdown``) when no
-            files are found.
-        on_device: keep the cached training images on the trainer's device (the split must fit there:
-            2.0 GB for CelebA's official split at 64 px) and gather each batch there, with the batches,
-            shuffle and resume of the default path. Needs ``cache`` and ``num_workers`` 0.
+        download: download CelebA with torchvision (from Google Drive, needs ``gdown``) when no files are found.
+        on_device: keep the cached training images on the trainer's device (2.0 GB for the official split at
+            64 px) and gather each batch there. Needs ``cache`` and ``num_workers`` 0.
     """
 
     cache_prefix = "celeba"
@@ -87,11 +71,12 @@ class CelebADataModule(ImageFilesDataModule):
         self.split = split
         self.download = download
 
-    # --- finding the files ---------------------------------------------------------------------
-
     @property
     def _roots(self) -> list[Path]:
         return [Path(self.data_dir) / "celeba", Path(self.data_dir)]
+
+    def _archive(self) -> Path | None:
+        return next((root / _ZIP for root in self._roots if (root / _ZIP).is_file()), None)
 
     def _image_folder(self) -> Path | None:
         """``img_align_celeba`` holding the JPEGs (torchvision's layout), or the one inside it (Kaggle's)."""
@@ -101,26 +86,25 @@ class CelebADataModule(ImageFilesDataModule):
                     return folder
         return None
 
-    def fetch(self) -> None:
-        """Extract ``img_align_celeba.zip`` if that is what is there, or download if nothing is."""
-        if self._image_folder() is not None:
-            return
-        archive = next((root / _ZIP for root in self._roots if (root / _ZIP).is_file()), None)
-        if archive is not None:
-            _extract(archive)
-        elif self.download:
+    def prepare_data(self) -> None:
+        """Extract ``img_align_celeba.zip`` if that is what is there, or download if nothing is; then cache."""
+        missing = self._image_folder() is None
+        if missing and self._archive() is not None:
+            _extract(self._archive())
+        elif missing and self.download:
             try:
                 CelebA(self.data_dir, split="all", target_type=[], download=True)
             except Exception as error:  # no network, gdown missing, a quota page, a checksum mismatch ...
                 archive = Path(self.data_dir) / "celeba" / _ZIP
-                if archive.is_file() and _is_html(archive):
+                if archive.is_file() and _html_error(archive):
                     raise _html_error(archive) from error
                 raise self._missing_error(f"the download failed: {type(error).__name__}: {error}") from error
+        super().prepare_data()
 
     def image_list(self) -> ImageList:
         folder = self._image_folder()
         if folder is None:
-            archive = next((root / _ZIP for root in self._roots if (root / _ZIP).is_file()), None)
+            archive = self._archive()
             why = (f"{archive} is not extracted yet: `prepare_data()` extracts it (the Trainer calls it)"
                    if archive else "download is off" if not self.download else "prepare_data() has not run")
             raise self._missing_error(why)
@@ -138,8 +122,9 @@ class CelebADataModule(ImageFilesDataModule):
         train = [row for row, name in enumerate(files) if partition.get(name) == _TRAIN]
         val = [row for row, name in enumerate(files) if partition.get(name) == _VAL]
         if not train or not val:
-            raise RuntimeError(advice(f"the CelebA partition file gives {len(train)} training and {len(val)} validation "
-                               f"images in {folder}: it needs both. Set `--data.split all` to use every image."))
+            raise RuntimeError(advice(f"the CelebA partition file gives {len(train)} training and {len(val)} "
+                               f"validation images in {folder}: it needs both. Set `--data.split all` to use every "
+                               f"image."))
         return ImageList(folder, files, train, val)
 
     def _partition(self, folder: Path) -> dict[str, int]:
@@ -171,14 +156,12 @@ class CelebADataModule(ImageFilesDataModule):
             f"the folder that holds celeba/. Why they were not found: {' '.join(why.split())}"))
 
 
-def _is_html(path: Path) -> bool:
-    """Whether the file starts like a web page (Google Drive's answer when it will not send the file)."""
-    with path.open("rb") as file:
+def _html_error(archive: Path) -> RuntimeError | None:
+    """The error for a web page saved as the zip (Google Drive's answer when it will not send the file)."""
+    with archive.open("rb") as file:
         head = file.read(2048).lower()
-    return b"<html" in head or b"<!doctype html" in head
-
-
-def _html_error(archive: Path) -> RuntimeError:
+    if b"<html" not in head and b"<!doctype html" not in head:
+        return None
     return RuntimeError(
         f"{archive} is an HTML page, not a zip: Google Drive sends its 'quota exceeded' or virus-scan "
         f"warning page instead of the file when too many people downloaded it. Delete it, download "
@@ -188,11 +171,10 @@ def _html_error(archive: Path) -> RuntimeError:
 
 def _extract(archive: Path) -> None:
     """Extract the official zip beside itself into ``img_align_celeba/``, all or nothing."""
-    if not zipfile.is_zipfile(archive) and _is_html(archive):
-        raise _html_error(archive)
     if not zipfile.is_zipfile(archive):
-        raise RuntimeError(f"{archive} is not a zip archive (an incomplete download?): delete it and download "
-                           f"it again (from {_SOURCE}), or extract it by hand to {archive.parent / _IMAGES}/.")
+        raise _html_error(archive) or RuntimeError(
+            f"{archive} is not a zip archive (an incomplete download?): delete it and download it again (from "
+            f"{_SOURCE}), or extract it by hand to {archive.parent / _IMAGES}/.")
     target = archive.parent / _IMAGES
     staging = archive.parent / f".{_IMAGES}.extracting-{os.getpid()}"
     rank_zero_info(f"Extracting {archive} to {target} (once).")

@@ -12,37 +12,27 @@ from gan_modules.flags import advice
 
 
 class ImageFolderDataModule(ImageFilesDataModule):
-    """The images under ``data_dir`` in [-1, 1], shape (channels, image_size, image_size).
-
-    Every file with an image extension under ``data_dir`` is used, in subfolders too (hidden files and
-    folders are skipped); labels are all 0. The validation split is a fixed random sample of the
-    sorted file list, drawn with ``split_seed``: the same files give the same split on every run and
-    every rank (adding or removing files redraws it).
+    """The images under ``data_dir`` and its subfolders (hidden ones skipped) in [-1, 1], shape
+    (channels, image_size, image_size); labels are all 0.
 
     Args:
         data_dir: the folder of images.
         batch_size: images per batch (per device under DDP).
-        num_workers: dataloader worker processes. With the cache a batch is one gather from a
-            memory-mapped array: 0 (in the training process) was the fastest measured, since
-            workers add an inter-process copy. Without it every image is decoded: use every core.
+        num_workers: dataloader worker processes: 0 was the fastest measured with the cache; without it, every core.
         image_size: side of the square images, after cropping (bilinear, antialiased resize).
-        crop: ``center``: the largest centred square; ``center178``: the centred 178 x 178 square
-            (CelebA's common crop); ``face``: the centred 108 x 108 square (carpedm20/DCGAN-tensorflow's
-            CelebA crop). Fixed sides are clipped to the short side of smaller images.
+        crop: ``center``: the largest centred square; ``center178``, ``face``: CelebA's crops (see ``Crop``).
         channels: 3 for RGB, 1 for grayscale (PIL's ITU-R 601-2 luma).
-        val_fraction: fraction of the images held out for validation, at least one image; 0 validates
-            on the training images.
-        split_seed: seed of the validation sample.
+        val_fraction: fraction of the images held out for validation (at least one); 0 validates on the
+            training images.
+        split_seed: seed of the validation sample, drawn from the sorted file list: the same files give the
+            same split on every run and rank.
         cache: decode, crop and resize every image once into a uint8 ``.npy`` under ``cache_dir`` and
-            train from it without decoding; rebuilt when the crop, size, channels or files change.
+            train from it; rebuilt when the crop, size, channels or files change.
         cache_dir: where the cache goes; ``None``: ``data_dir/.gan_cache``.
         strict: stop on a corrupt or truncated image instead of skipping it with a warning.
-        on_device: keep the cached training images on the trainer's device (the split must fit there:
-            N x channels x image_size² bytes) and gather each batch there, with the batches,
-            shuffle and resume of the default path. Needs ``cache`` and ``num_workers`` 0.
+        on_device: keep the cached training images (N x channels x image_size² bytes) on the trainer's
+            device and gather each batch there. Needs ``cache`` and ``num_workers`` 0.
     """
-
-    cache_prefix = "images"
 
     def __init__(
         self,
@@ -71,17 +61,19 @@ class ImageFolderDataModule(ImageFilesDataModule):
     def image_list(self) -> ImageList:
         root = Path(self.data_dir)
         if not root.is_dir():
-            raise RuntimeError(advice(f"the image folder {root} does not exist: set `--data.data_dir` to a folder of images."))
+            raise RuntimeError(advice(f"the image folder {root} does not exist: set `--data.data_dir` to a folder of "
+                               f"images."))
         files = find_images(root, skip=self.cache_dir)
         if not files:
-            raise RuntimeError(advice(f"no images in {root} or its subfolders (looked for {', '.join(IMAGE_EXTENSIONS)}): "
-                               f"set `--data.data_dir` to a folder of images."))
+            raise RuntimeError(advice(f"no images in {root} or its subfolders (looked for "
+                               f"{', '.join(IMAGE_EXTENSIONS)}): set `--data.data_dir` to a folder of images."))
         if self.val_fraction == 0:
             everything = list(range(len(files)))
             return ImageList(root, files, everything, everything)
         num_val = max(1, round(self.val_fraction * len(files)))
         if num_val >= len(files):
-            raise RuntimeError(advice(f"{root} holds {len(files)} images, too few to hold out {self.val_fraction:.0%} for "
-                               f"validation: add images or lower `--data.val_fraction` (0 validates on the training images)."))
+            raise RuntimeError(advice(f"{root} holds {len(files)} images, too few to hold out {self.val_fraction:.0%} "
+                               f"for validation: add images or lower `--data.val_fraction` (0 validates on the "
+                               f"training images)."))
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
         return ImageList(root, files, sorted(order[num_val:]), sorted(order[:num_val]))

@@ -14,34 +14,27 @@ from gan_modules.flags import advice
 
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _SOURCE = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-# IDX magic numbers: two zero bytes, the type 0x08 (unsigned byte), the number of dimensions.
-_IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
+_IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801  # IDX: two zero bytes, type 0x08 (uint8), dimensions
 _SIDE = 28
 
 
 class MNISTDataModule(ImageDataModule):
-    """MNIST digits in [-1, 1], shape (1, image_size, image_size).
-
-    The official 60,000 training images are the train split; the official 10,000 test images
-    are the validation split (FID's real statistics come from them). Each split is decoded once
-    into a uint8 tensor (and resized once, if asked); a batch is one gather from it and one
-    conversion to float, with no Python call per image. The four
-    IDX files' headers and sizes are checked first: a truncated, padded or foreign file, or a label
-    file that does not match its image file, stops with an error naming it.
+    """MNIST digits in [-1, 1], shape (1, image_size, image_size): the 60,000 training images train, the 10,000
+    test images validate (FID's real statistics). The IDX files are checked first; a bad one is named.
 
     Args:
         data_dir: folder holding ``MNIST/raw/`` (torchvision's layout). Files already there are used;
             if any is missing, torchvision downloads them when ``download`` is true.
         batch_size: images per batch (per device under DDP).
-        num_workers: dataloader worker processes; 0 loads in the main process, which is fastest for
-            data already in memory.
+        num_workers: dataloader worker processes; 0 (the main process) is fastest for data in memory.
         image_size: side to resize the 28 px digits to (bilinear, antialiased), e.g. 32 or 64;
             ``None`` keeps 28.
         download: try to download missing files.
         on_device: keep the training images (47 MB at 28 px, as uint8) on the trainer's device and
-            gather each batch there: no host-to-device copy per batch. The batches, shuffle and
-            resume are the default path's. Needs ``num_workers`` 0.
+            gather each batch there, with the default path's batches. Needs ``num_workers`` 0.
     """
+
+    channels = 1
 
     def __init__(
         self,
@@ -60,11 +53,6 @@ class MNISTDataModule(ImageDataModule):
         self.download = download
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the images the dataloaders yield."""
-        return (1, self.image_size, self.image_size)
-
-    @property
     def raw_folder(self) -> Path:
         return Path(self.data_dir) / "MNIST" / "raw"
 
@@ -78,8 +66,8 @@ class MNISTDataModule(ImageDataModule):
             MNIST(self.data_dir, train=True, download=True)
         except Exception as error:  # torchvision raises RuntimeError or URLError, among others
             if not self._missing():  # fetched, but torchvision could not read them: name the bad file
-                self._check_files(train=True)
-                self._check_files(train=False)
+                for train in (True, False):
+                    self._check_files(train)
                 raise
             raise self._missing_files_error(f"the download failed: {error}") from error
 
@@ -97,7 +85,7 @@ class MNISTDataModule(ImageDataModule):
         return UInt8ImageDataset(images, mnist.targets)
 
     def _check_files(self, train: bool) -> None:
-        """Check one split's image and label files: IDX headers, sizes, and as many labels as images."""
+        """Check a split's IDX headers and sizes, and that it has as many labels as images."""
         prefix = "train" if train else "t10k"
         images_path = self.raw_folder / f"{prefix}-images-idx3-ubyte"
         labels_path = self.raw_folder / f"{prefix}-labels-idx1-ubyte"
@@ -114,8 +102,7 @@ class MNISTDataModule(ImageDataModule):
             advice(f"MNIST is not in {self.raw_folder}: put the files {', '.join(_FILES)} there (or, with "
             f"`--data.download true`, their .gz archives from {_SOURCE}, which are extracted), or point "
             f"`--data.data_dir` at the folder that holds MNIST/raw/. Missing: {', '.join(self._missing())}. "
-            f"Why they were not fetched: {' '.join(why.split())}")
-        )
+            f"Why they were not fetched: {' '.join(why.split())}"))
 
 
 def _idx_shape(path: Path, magic: int, kind: str) -> tuple[int, ...]:

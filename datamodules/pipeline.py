@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
@@ -20,12 +21,10 @@ from gan_modules.flags import advice
 
 
 def to_unit_range(images: Tensor) -> Tensor:
-    """uint8 images in [0, 255] to float32 in [-1, 1], ``x / 127.5 - 1``, bitwise the same on every
-    device.
+    """uint8 images in [0, 255] to float32 in [-1, 1], ``x / 127.5 - 1``, bitwise the same on every device.
 
-    On a CPU by the division itself; on other devices by looking up the CPU's 256 results: CUDA
-    divides by a scalar as a multiplication by its reciprocal, one bit off for some values, which
-    would make batches gathered on a GPU (``--data.on_device true``) differ from the default path's.
+    Off the CPU by looking up the CPU's 256 results: CUDA divides by a scalar as a multiplication by its
+    reciprocal, one bit off for some values, so batches gathered on a GPU would differ from the default path's.
     """
     if images.device.type == "cpu":
         return images.float().div_(127.5).sub_(1.0)
@@ -58,25 +57,19 @@ def check_int(flag: str, value: Any, least: int) -> None:
         raise ValueError(advice(f"{flag} must be an integer >= {least}, got {value!r}: set `--data.{flag}`."))
 
 
-_NOT_RESUMABLE_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
-
-
 class UInt8ImageDataset(Dataset):
-    """Images held as one uint8 tensor (N, C, H, W); items are ``(image in [-1, 1], label)``.
+    """Images held as one uint8 tensor (N, C, H, W) on any device; items are ``(image in [-1, 1], label)``,
+    labels zeros by default. :meth:`__getitems__` gathers a whole batch at once (in the sampler's order, or by
+    the keys ``batch_order`` (N,)) and converts it with one :func:`to_unit_range`: bitwise the batch that
+    ``__getitem__`` per image and ``default_collate`` build."""
 
-    A DataLoader with ``collate_fn=batch_collate`` fetches a whole batch through :meth:`__getitems__`:
-    one gather of the batch's images (B, C, H, W) and one :func:`to_unit_range`, in the sampler's
-    order. The conversion is elementwise, so the batch is bitwise the one that ``__getitem__`` per
-    image and ``default_collate`` build, without a Python call per image. The tensors may live on any
-    device (:meth:`to`); batches then come out on it.
-    """
-
-    def __init__(self, images: Tensor, labels: Tensor | None = None) -> None:
+    def __init__(self, images: Tensor, labels: Tensor | None = None, batch_order: np.ndarray | None = None) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         self.images = images
         self.labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.long,
                                                                     device=images.device)
+        self.batch_order = batch_order
 
     def __len__(self) -> int:
         return len(self.images)
@@ -85,31 +78,22 @@ class UInt8ImageDataset(Dataset):
         return to_unit_range(self.images[index]), self.labels[index]
 
     def __getitems__(self, indices: list[int]) -> GatheredBatch:
-        index = index_on(self.images.device, indices)
+        if self.batch_order is not None:
+            indices = np.asarray(indices)[np.argsort(self.batch_order[indices], kind="stable")].tolist()
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if self.images.device.type == "cuda":  # without blocking: a copy from pageable memory waits for the GPU's queue
+            index = index.pin_memory()
+        index = index.to(self.images.device, non_blocking=self.images.device.type == "cuda")
         return GatheredBatch(to_unit_range(self.images[index]), self.labels[index])  # (B, C, H, W), (B,)
 
     def to(self, device: torch.device) -> UInt8ImageDataset:
         """The same images and labels on ``device`` (the same object's tensors where they are already there)."""
-        return UInt8ImageDataset(self.images.to(device), self.labels.to(device))
-
-
-def index_on(device: torch.device, indices: list[int]) -> Tensor:
-    """``indices`` as a long tensor on ``device``, to gather a batch there.
-
-    To a GPU the indices go from pinned memory without blocking: a copy from pageable memory would
-    wait for the device to finish its queued work, a stall on every batch.
-    """
-    index = torch.as_tensor(indices, dtype=torch.long)
-    if device.type == "cuda":
-        return index.pin_memory().to(device, non_blocking=True)
-    return index.to(device)
+        return UInt8ImageDataset(self.images.to(device), self.labels.to(device), self.batch_order)
 
 
 class GatheredBatch(Sequence):
-    """A batch gathered at once, (B, C, H, W) images and (B,) labels, that still reads as the list of
-    its B ``(image, label)`` items: :func:`batch_collate` takes the tensors as they are, and any other
-    collate function (a DataLoader a user builds over the dataset, with torch's ``default_collate``)
-    sees the items it expects."""
+    """A gathered batch, (B, C, H, W) images and (B,) labels, that still reads as its B ``(image, label)`` items
+    for any other collate function (torch's ``default_collate``); :func:`batch_collate` takes the tensors."""
 
     def __init__(self, images: Tensor, labels: Tensor) -> None:
         self.images, self.labels = images, labels
@@ -122,62 +106,39 @@ class GatheredBatch(Sequence):
 
 
 def batch_collate(batch: Any) -> Any:
-    """Collates a :class:`GatheredBatch` by taking its tensors (it is one already); anything else by
-    torch's ``default_collate``."""
+    """A :class:`GatheredBatch` as its tensors; anything else by torch's ``default_collate``."""
     if isinstance(batch, GatheredBatch):
         return batch.images, batch.labels
     return default_collate(batch)
 
 
 class ResumableSampler(DistributedSampler):
-    """A per-epoch shuffle that is a pure function of ``(seed, epoch)``, split across ranks, and
-    that can resume in the middle of an epoch.
+    """torch's ``DistributedSampler`` (so Lightning neither replaces it under DDP nor forgets ``set_epoch``),
+    given rank and world size so it also works without a process group, that can resume inside an epoch:
+    the next pass over ``resume_epoch`` skips this rank's first ``resume_skip`` samples; later epochs are whole."""
 
-    It is torch's ``DistributedSampler`` (so Lightning neither replaces it under DDP nor forgets to
-    call ``set_epoch``), given the rank and world size explicitly so it also works without a
-    process group. :meth:`resume` makes the next pass over ``epoch`` skip the samples the
-    interrupted run had already trained on; later epochs are whole.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=drop_last)
-        self._resume_epoch: int | None = None
-        self._resume_skip = 0
-
-    @property
-    def pending_resume_epoch(self) -> int | None:
-        """The epoch :meth:`resume` was given, until the pass over it has started."""
-        return self._resume_epoch
-
-    def resume(self, epoch: int, samples_seen: int) -> None:
-        """Skip the first ``samples_seen`` samples of this rank's share of ``epoch``."""
-        self._resume_epoch, self._resume_skip = epoch, samples_seen
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.resume_epoch: int | None = None  # until the pass over it has started
+        self.resume_skip = 0
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
-        if self._resume_epoch == self.epoch:
-            indices = indices[self._resume_skip:]
-        self._resume_epoch = None
+        if self.resume_epoch == self.epoch:
+            indices = indices[self.resume_skip:]
+        self.resume_epoch = None
         return iter(indices)
 
 
 class ImageDataModule(LightningDataModule):
-    """The loaders every datamodule of this project shares.
+    """The loaders every datamodule of this project shares; subclasses implement :meth:`load_splits` and set
+    ``channels`` and ``image_size``.
 
-    Subclasses implement :meth:`load_splits` (run once, by ``setup``) and define ``image_shape``. Training
-    batches come in a shuffle that depends only on ``(PL_GLOBAL_SEED, epoch)`` and are split across
-    ranks by a :class:`ResumableSampler`; where an interrupted run stopped inside an epoch is saved
-    with the checkpoint, so a resumed run trains on exactly the batches the uninterrupted run would
-    have. Validation batches come in file order (Lightning splits them across ranks).
-
-    With ``on_device`` the training split (only it) is moved once, by the first ``train_dataloader``, to
-    the trainer's device (``trainer.strategy.root_device``; each rank's own under DDP) and indexed there
-    in the training process: no workers, no pinning, no copy per batch, and Lightning's move of the
-    batch to the device finds it there. The same sampler picks the indices, so the batches, the shuffle
-    and a resume are the ones of the default path. Subclasses whose training set cannot be moved
-    refuse the flag in ``__init__``.
+    Training batches come in a :class:`ResumableSampler` shuffle of ``(PL_GLOBAL_SEED, epoch)``; the position
+    inside an epoch is saved with the checkpoint, so a resumed run trains on exactly the batches the
+    uninterrupted run would have. Validation batches come in file order (Lightning splits them across ranks).
+    With ``on_device`` the training split is moved once to ``trainer.strategy.root_device`` and batches are
+    gathered there: no workers, no pinning, no copy per batch, and the default path's batches.
 
     Args:
         batch_size: images per batch (per device under DDP).
@@ -185,14 +146,16 @@ class ImageDataModule(LightningDataModule):
         on_device: keep the training images on the trainer's device and gather batches there.
     """
 
+    channels: int
+    image_size: int
+
     def __init__(self, batch_size: int, num_workers: int, on_device: bool = False) -> None:
         super().__init__()
         for flag, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
             check_int(flag, value, least)
-        if on_device and num_workers > 0:
-            # An error rather than a silent 0: the user asked for workers, and would not see them dropped.
-            raise ValueError(advice(f"on_device keeps the training images on the device and gathers each batch there, in "
-                             f"the training process, so DataLoader workers have nothing to do, but num_workers is "
+        if on_device and num_workers > 0:  # an error, not a silent 0: the user asked for workers
+            raise ValueError(advice(f"on_device keeps the training images on the device and gathers each batch there, "
+                             f"in the training process, so DataLoader workers have nothing to do, but num_workers is "
                              f"{num_workers}: set `--data.num_workers 0`, or `--data.on_device false`."))
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -201,12 +164,13 @@ class ImageDataModule(LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._shuffle_seed: int | None = None  # PL_GLOBAL_SEED when the first loader is built
-        self._resume: dict[str, int] | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, batches seen) from a checkpoint
         self._train_sampler: ResumableSampler | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        raise NotImplementedError
+        """(C, H, W) of the images the dataloaders yield."""
+        return (self.channels, self.image_size, self.image_size)
 
     def load_splits(self) -> tuple[Dataset, Dataset]:
         """The training and validation datasets, read from disk once."""
@@ -219,26 +183,26 @@ class ImageDataModule(LightningDataModule):
             self._check_a_batch_per_device()
 
     def _check_a_batch_per_device(self) -> None:
-        """Refuse a training set that gives some device no whole batch: with ``drop_last`` the run would
-        train on nothing, and exit as if it had finished."""
+        """Refuse a training set that gives some device no whole batch: the run would train on nothing."""
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        per_device = len(ResumableSampler(self.train_set, num_replicas=world_size))  # len // world_size
+        per_device = len(self.train_set) // world_size  # the sampler's share, with drop_last
         if per_device < self.batch_size:
             devices = f"{world_size} devices ({per_device} images each)" if world_size > 1 else "1 device"
             fix = (f"Set `--data.batch_size` to at most {per_device}, or train on more images or fewer devices"
                    if per_device else f"Train on at most {len(self.train_set)} devices, or on more images")
-            raise ValueError(
-                advice(f"the training set has {len(self.train_set)} images, fewer than one batch of {self.batch_size} on "
+            raise ValueError(advice(
+                f"the training set has {len(self.train_set)} images, fewer than one batch of {self.batch_size} on "
                 f"{devices}: incomplete batches are dropped, so nothing would train. {fix} (`--trainer.devices`, "
                 f"`--trainer.num_nodes`)."))
 
     def train_dataloader(self) -> DataLoader:
+        self._check_setup()
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         if self._shuffle_seed is None:
             self._shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the same on every rank
         sampler = ResumableSampler(self.train_set, world_size, rank, seed=self._shuffle_seed)
         if self._resume is not None:
-            sampler.resume(self._resume["epoch"], self._resume["batches_seen"] * self.batch_size)
+            sampler.resume_epoch, sampler.resume_skip = self._resume[0], self._resume[1] * self.batch_size
             self._resume = None
         self._train_sampler = sampler
         if self.on_device:  # batches are born on the device: nothing to pin (pinning a GPU tensor fails)
@@ -253,7 +217,13 @@ class ImageDataModule(LightningDataModule):
         return self._device_train_set[1]
 
     def val_dataloader(self) -> DataLoader:
+        self._check_setup()
         return self._loader(self.val_set, sampler=None, drop_last=False)
+
+    def _check_setup(self) -> None:
+        if self.train_set is None:
+            raise RuntimeError("the datamodule has no data yet: call `prepare_data()` and `setup()` first "
+                               "(the Trainer does).")
 
     def _loader(self, dataset: Dataset | None, sampler: Any, drop_last: bool,
                 pin_memory: bool | None = None) -> DataLoader:
@@ -262,36 +232,30 @@ class ImageDataModule(LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self.collate_fn(dataset),
+            collate_fn=batch_collate,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
             drop_last=drop_last,  # a last batch of 1 would break batch norm
         )
 
-    def collate_fn(self, dataset: Dataset | None) -> Any:
-        """How ``dataset``'s items become a batch: whole batches from a :class:`UInt8ImageDataset`,
-        else torch's default (``None``)."""
-        return batch_collate if isinstance(dataset, UInt8ImageDataset) else None
-
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"shuffle_seed": self._shuffle_seed}
         if self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
-            # Batches this rank has trained on in the current epoch: the checkpoint is written after a
-            # batch's training step, after a validation (inside or at the end of the epoch), at the
-            # end of the epoch or of training, always between batches. Their epoch is the sampler's:
-            # Lightning's epoch counter has already moved on at the end of an epoch or of training.
+            # Written between batches. The epoch is the sampler's: Lightning's counter has already moved on at
+            # the end of an epoch or of training. A resumed fit that drew no batch keeps the restored epoch.
             sampler = self._train_sampler
             if sampler is None:
                 state["epoch"] = self.trainer.current_epoch
-            else:  # a resumed fit that drew no batch (its limit already reached) keeps the restored epoch
-                state["epoch"] = sampler.pending_resume_epoch if sampler.pending_resume_epoch is not None else sampler.epoch
+            else:
+                state["epoch"] = sampler.epoch if sampler.resume_epoch is None else sampler.resume_epoch
             state["batches_seen"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._shuffle_seed = state_dict.get("shuffle_seed", self._shuffle_seed)
         if "epoch" in state_dict:
-            self._resume = {"epoch": state_dict["epoch"], "batches_seen": state_dict["batches_seen"]}
+            self._resume = (state_dict["epoch"], state_dict["batches_seen"])
             # Lightning warns on every mid-epoch resume that the dataloader "is not resumable" (it knows
             # only loaders with their own state_dict); this datamodule restores the position exactly.
-            warnings.filterwarnings("ignore", message=_NOT_RESUMABLE_WARNING, category=PossibleUserWarning)
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch "
+                                    "ended", category=PossibleUserWarning)
