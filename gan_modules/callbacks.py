@@ -35,8 +35,7 @@ def _tensorboard(trainer: Trainer) -> Any | None:
 
 def image_grid(images: Tensor, nrow: int, min_width: int = 480) -> Tensor:
     """A grid of [-1, 1] images (N, C, H, W) as floats in [0, 1], (3, H', W'), separated by white lines
-    (visible between MNIST's black backgrounds) and scaled up by whole pixels, so that a grid of
-    small images is at least about ``min_width`` pixels wide."""
+    and scaled up by whole pixels to at least about ``min_width`` pixels wide."""
     images = images.float().cpu()
     scale = max(1, -(-min_width // (min(nrow, images.shape[0]) * images.shape[-1])))
     if scale > 1:  # nearest: every pixel stays a square of one value
@@ -45,16 +44,10 @@ def image_grid(images: Tensor, nrow: int, min_width: int = 480) -> Tensor:
 
 
 class SampleGridCallback(Callback):
-    """Image grids in TensorBoard, with the critic step as their step:
-
-    - ``samples/fixed_noise``: samples from the same fixed noise at the end of every
-      ``every_n_epochs``-th training epoch, so successive epochs compare directly;
-    - ``samples/interpolation``: ``nrow`` rows, each walking linearly in latent space between two
-      fixed latent vectors in ``nrow`` steps, at the same epochs;
-    - ``data/real``: real validation images (training images without validation data), once, when
-      training starts.
-
-    The noise is drawn once from ``seed`` and saved in checkpoints, so a resumed run keeps it.
+    """Image grids in TensorBoard, with the critic step as their step: ``samples/fixed_noise`` (the same
+    noise at the end of every ``every_n_epochs``-th epoch), ``samples/interpolation`` (``nrow`` rows, each
+    a linear walk in latent space between two fixed vectors) and ``data/real`` (validation images, else
+    training images, once). The noise is drawn once from ``seed`` and saved in checkpoints.
 
     Args:
         num_samples: images in the fixed-noise and real grids.
@@ -119,19 +112,12 @@ class SampleGridCallback(Callback):
 class RunMonitor(Callback):
     """Training speed per epoch and the run's hyperparameters with its final FID.
 
-    At the start of a fit, one line with each network's parameter count. At the end of every
-    training epoch: ``train/seconds_per_epoch`` (wall-clock of the epoch's training batches,
-    validation and FID excluded) and ``train/images_per_second`` (real images the critic trained on,
-    over all devices, per second of it); read from the clock at epoch boundaries only, so no step
-    waits for the device. At the end of the fit, whether FID ran or not: TensorBoard's HPARAMS tab
-    gets what runs are compared by (:func:`run_summary`: the model, data, trainer and FID settings)
-    with the final metrics (``hp/final_fid``, ``hp/final_critic_loss``, ...). That is read in
-    ``on_fit_end``, after every callback's ``on_train_end``, so it includes the FID that FIDCallback
-    computes there, wherever either callback sits in the list.
-
-    A fit that stops with an error before its first batch (in setup: bad data, an unwritable folder)
-    leaves no run folder behind: the TensorBoard version it created is removed, so failed starts do
-    not clutter TensorBoard's list of runs.
+    - At the start of a fit: one line with each network's parameter count.
+    - At every training epoch's end: ``train/seconds_per_epoch`` (its training batches' wall-clock,
+      validation and FID excluded) and ``train/images_per_second`` (real images over all devices).
+    - At the fit's end (``on_fit_end``, after FIDCallback's ``on_train_end``): TensorBoard's HPARAMS tab
+      gets :func:`run_summary` with the final metrics (``hp/final_fid``, ``hp/final_critic_loss``, ...).
+    - A fit that stops with an error before its first batch leaves no run folder behind.
     """
 
     def __init__(self) -> None:
@@ -197,9 +183,8 @@ class RunMonitor(Callback):
 
 
 def run_summary(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
-    """What runs are compared by, flat and plain (no Python tuples, no LightningCLI internals): the
-    model's class and hyperparameters, the datamodule's, the trainer's length, precision and devices,
-    and the FID protocol (its sample counts depend on the device when left unset)."""
+    """What runs are compared by, flat and plain: the model's class and hyperparameters, the
+    datamodule's, the trainer's length, precision and devices, and the FID protocol."""
     def plain(value: Any) -> Any:
         return value if isinstance(value, (int, float, str, bool)) or value is None else str(
             list(value) if isinstance(value, tuple) else value)
@@ -223,20 +208,12 @@ def run_summary(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
 
 
 class OneDrawProgressBar(TQDMProgressBar):
-    """Lightning's ``TQDMProgressBar``, drawing the training bar once per update, at most every
-    ``min_interval`` seconds and at least every ``max_interval`` seconds, with the latest logged
-    losses (``critic_loss``, ``generator_loss``, and ``wasserstein`` where the model has one), and a
-    rate of training batches that leaves out the time spent in validation and FID.
-
-    Lightning's draws the line twice at every ``refresh_rate``-th batch, once for the batch count and
-    again for the metrics, and each draw formats the whole line (about 0.1-0.2 ms on this project's
-    CPU); this one sets both, then draws, and only if ``min_interval`` seconds have passed since its
-    last draw: small networks run tens of batches a second, and redrawing a line twenty times a
-    second shows nothing a reader can follow. It still draws the epoch's last batch, and the batch
-    count is kept at every batch, so the closing line of a stopped run shows the right count. On a
-    slow machine, where ``refresh_rate`` batches take long, it draws after the first batch that ends
-    ``max_interval`` seconds after the last draw. ``train.py`` makes it the default bar, with
-    ``refresh_rate`` set to ``log_every_n_steps`` (when the losses shown are updated).
+    """Lightning's ``TQDMProgressBar`` with the latest logged losses (``critic_loss``, ``generator_loss``,
+    and ``wasserstein`` where the model has one) and a rate of training batches that leaves out
+    validation and FID, drawn once per update (Lightning's draws twice) every ``refresh_rate``-th batch
+    but at most every ``min_interval`` seconds, at least every ``max_interval`` seconds (a slow
+    machine), and at the epoch's last batch. ``train.py`` makes it the default bar, with
+    ``refresh_rate`` set to ``log_every_n_steps`` (when the losses shown change).
 
     Args:
         refresh_rate: draw at most every this many batches (0 turns the bar off).

@@ -175,10 +175,8 @@ def _write_error(error: OSError, action: str, target: Path) -> CheckpointWriteEr
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the target's folder, flushes it to disk, then renames
-    it over the target, so ``last.ckpt`` is always a complete checkpoint, the previous one or the new one
-    (Lightning's own writer copies from the system temp folder when that is on another file system).
-    Reads go through :func:`read_checkpoint`: always ``weights_only=True``, one clear error.
-    """
+    it over the target, so ``last.ckpt`` is always complete, the previous one or the new one. Reads go
+    through :func:`read_checkpoint`: always ``weights_only=True``, one clear error."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -236,15 +234,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class GANCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` (same arguments) that never loses the end of an epoch or of the run.
-
-    Lightning saves no epoch ends when ``every_n_train_steps`` or ``train_time_interval`` is set; here those
-    only add checkpoints: the end of every ``every_n_epochs``-th epoch (every epoch unless set) is still
-    saved, and so is the end of training however it stopped (``max_epochs``, ``max_steps``, ``max_time``,
-    ``max_generator_steps``, any ``trainer.should_stop``), with ``last.ckpt`` (when ``save_last``) holding
-    the final state. A step already saved is not saved again (a resumed fit that trains nothing writes
-    nothing), and nothing is saved after an exception (unless ``save_on_exception``, as in Lightning).
-    Before training, the folder is created and test-written, so an unwritable one stops the run at once.
+    """Lightning's ``ModelCheckpoint`` (same arguments) that never loses the end of an epoch or of the run:
+    ``every_n_train_steps`` and ``train_time_interval`` only add checkpoints to those of every
+    ``every_n_epochs``-th epoch's end (every epoch unless set), and the end of training is saved however
+    it stopped, into ``last.ckpt`` with ``save_last``. A step is saved once (a resumed fit that trains
+    nothing writes nothing), nothing after an exception (unless ``save_on_exception``), and the folder is
+    test-written before training, so an unwritable one stops the run at once.
     """
 
     def __init__(self, every_n_epochs: int | None = None, **kwargs: Any) -> None:

@@ -1,13 +1,7 @@
-"""What keeps a GAN run honest, beside the algorithm in :mod:`gan_modules.base`, which calls it:
-
-- :class:`FiniteGuard`: every step's losses stay on the device and are checked at intervals, and no
-  checkpoint is written with a non-finite weight, buffer or optimiser state;
-- :func:`check_strategy`: strategies the modules cannot train with are refused;
-- :func:`check_checkpoint_fits`: the one decision whether a checkpoint fits a model (its class, its
-  layer shapes, the configured optimiser settings).
-
-The private Lightning attributes read here are pinned by tests/test_lightning_internals.py.
-"""
+"""What keeps a GAN run honest, beside the algorithm in :mod:`gan_modules.base`, which calls it: the
+finiteness guard (:class:`FiniteGuard`), the strategy check and the one decision whether a checkpoint
+fits a model (:func:`check_checkpoint_fits`). The private Lightning attributes read here are pinned by
+tests/test_lightning_internals.py."""
 
 from __future__ import annotations
 
@@ -72,12 +66,9 @@ class FiniteGuard:
 
     def check(self, module: LightningModule) -> None:
         """Raise on every rank together if any rank saw a non-finite loss since the last check, or a
-        non-finite gradient norm of a network's latest update (one read-back).
-
-        A finite loss with a non-finite gradient between two checks leaves non-finite weights, so the
-        next loss shows it. Under a GradScaler a non-finite gradient is its normal signal to skip a
-        step, so there only the losses are watched.
-        """
+        non-finite gradient norm of a network's latest update (one read-back). A non-finite gradient
+        between two checks makes the weights, so the next loss, non-finite. Under a GradScaler a
+        non-finite gradient is its normal signal to skip a step: only the losses are watched."""
         trainer = module.trainer
         scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
         norms = {} if scaled else {f"train/{name}": norm for name, norm in module.gradient_norms().items()}
@@ -226,11 +217,8 @@ def mismatch_error(found: str | None, expected: str, source: str = "") -> Checkp
 
 def check_checkpoint_fits(module: LightningModule, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Refuse a checkpoint of another model class or of other layer shapes, and make the configured
-    optimiser settings replace the saved ones; returns the checkpoint's ``gan_state``.
-
-    The model is what the configuration says (the command line wins; nothing named in a checkpoint is
-    imported).
-    """
+    optimiser settings replace the saved ones (the configuration decides the model); returns the
+    checkpoint's ``gan_state``."""
     trainer = attached_trainer(module)
     source = f" {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else ""
     refuse_another_model(checkpoint, type(module).__name__, source)
@@ -254,13 +242,9 @@ def check_checkpoint_fits(module: LightningModule, checkpoint: dict[str, Any]) -
 
 
 def _prefer_configured_optimizer_settings(module: LightningModule, checkpoint: dict[str, Any], source: str) -> None:
-    """Lightning restores each optimiser's saved param_groups, whose learning rate would silently override
-    `--model.lr` on a resumed run: the configured settings win, the moments stay.
-
-    Under a learning-rate schedule a group keeps its place in it: its saved rate is rescaled by configured
-    / saved initial rate, the schedulers' states with it, and they take the configured length (a run
-    continued to a higher ``max_generator_steps`` decays from its current rate to 0 at the new limit).
-    """
+    """The configured optimiser settings replace the saved ones Lightning would restore (`--model.lr`
+    wins on a resumed run; the moments stay). Under a schedule a group keeps its place in it: its saved
+    rate is rescaled by configured / saved initial rate, and the schedulers take the configured length."""
     saved_states = checkpoint.get("optimizer_states")
     if not saved_states:
         return
