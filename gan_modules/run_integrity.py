@@ -129,14 +129,19 @@ class FiniteGuard:
                 f"`--ckpt_path {path or 'last'}`.")
 
 
-def _nonfinite_tensor(module: LightningModule, checkpoint: dict[str, Any]) -> str | None:
-    """The name of a weight, buffer or optimiser state in ``checkpoint`` that holds NaN or infinity on any
-    rank (this rank's first, else another's), or ``None``."""
+def _float_tensors(checkpoint: dict[str, Any]) -> list[tuple[str, Tensor]]:
+    """Every floating-point weight, buffer and optimiser state in ``checkpoint``, by a name for messages."""
     named = [(f"state_dict.{key}", value) for key, value in checkpoint.get("state_dict", {}).items()]
     for index, optimizer_state in enumerate(checkpoint.get("optimizer_states", [])):
         for param_id, param_state in optimizer_state.get("state", {}).items():
             named += [(f"optimizer_states[{index}].state[{param_id}].{key}", value) for key, value in param_state.items()]
-    named = [(name, t) for name, t in named if isinstance(t, Tensor) and t.is_floating_point() and t.numel()]
+    return [(name, t) for name, t in named if isinstance(t, Tensor) and t.is_floating_point() and t.numel()]
+
+
+def _nonfinite_tensor(module: LightningModule, checkpoint: dict[str, Any]) -> str | None:
+    """The name of a weight, buffer or optimiser state in ``checkpoint`` that holds NaN or infinity on any
+    rank (this rank's first, else another's), or ``None``."""
+    named = _float_tensors(checkpoint)
     if not named:
         return None
     finite = torch.stack([torch.isfinite(t).all().to(module.device) for _, t in named])
@@ -222,6 +227,15 @@ def check_checkpoint_fits(module: LightningModule, checkpoint: dict[str, Any]) -
     trainer = attached_trainer(module)
     source = f" {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else ""
     refuse_another_model(checkpoint, type(module).__name__, source)
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointMismatchError(f"The checkpoint{source} holds no state_dict (no weights): it is damaged; pass "
+                                      "another file to `--ckpt_path`, or start a new run without it.")
+    # Written before the guard existed, or by hand: the weights would train or score NaN (a CPU check).
+    bad = next((name for name, tensor in _float_tensors(checkpoint) if not torch.isfinite(tensor).all()), None)
+    if bad is not None:
+        raise CheckpointMismatchError(
+            f"The checkpoint{source} holds a non-finite value ({bad}): it cannot be continued or validated. "
+            f"Pass an earlier checkpoint (an epoch=*.ckpt beside it) to `--ckpt_path`, or start a new run without it.")
     saved = checkpoint.get("hyper_parameters", {})
     for name, flag in _ARCHITECTURE_FLAGS.items():
         if name not in saved or name not in module.hparams:

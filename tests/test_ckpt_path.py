@@ -141,3 +141,17 @@ def test_one_check_decides_whose_checkpoint_it_is() -> None:
     with pytest.raises(CheckpointMismatchError, match="holds WGAN, not DCGAN"):
         refuse_another_model({"gan_state": {"model": "WGAN"}}, "DCGAN")
     refuse_another_model({"gan_state": {"model": "DCGAN"}}, "DCGAN")  # its own: no error
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_a_checkpoint_holding_a_nan_weight_is_refused_at_load_naming_it(subcommand, dcgan_checkpoint, mnist_dir,
+                                                                         tmp_path) -> None:
+    # What an older version left in users' last.ckpt: fit would fail and call it good, validate report NaN.
+    checkpoint = torch.load(dcgan_checkpoint, weights_only=True)
+    checkpoint["state_dict"]["generator.main.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(checkpoint, tmp_path / "nan.ckpt")
+    args = fit_args("dcgan_mnist", mnist_dir, tmp_path / "runs", "--ckpt_path", str(tmp_path / "nan.ckpt"))
+    args[0] = subcommand
+    with pytest.raises(CheckpointMismatchError, match=r"nan\.ckpt holds a non-finite value "
+                                                      r"\(state_dict\.generator\.main\.0\.weight\): it cannot be"):
+        build_cli(args)
