@@ -66,15 +66,11 @@ def gradient_penalty(
     dimensions, in float32. The result is differentiable with respect to the critic's parameters
     (``create_graph=True``); ``real`` and ``fake`` receive no gradient.
 
-    Mixed precision: under ``torch.autocast`` (Lightning's ``bf16-mixed`` and ``16-mixed`` run
-    ``training_step`` in it) the penalty's critic forward and input gradient run in float32, autocast
-    off. This is preferred to PyTorch's other AMP recipe, scaling the scores by the GradScaler's scale
-    before ``autograd.grad``, because it is exact and needs nothing from the trainer: scaling only
-    saves a float16 input gradient from underflow, while near 1-Lipschitz, where the penalty holds
-    the critic, a bfloat16 or float16 ``||grad|| - 1`` has lost most of its digits. The cost is one
-    float32 forward and double backward of the critic on ``x_hat`` per critic step. The outer
-    ``manual_backward`` still scales the whole loss, penalty included, so the GradScaler sees and
-    unscales every parameter gradient. Outside autocast the critic runs in the inputs' dtype.
+    Mixed precision: under ``torch.autocast`` (``bf16-mixed``, ``16-mixed``) the penalty's critic forward
+    and input gradient run in float32, autocast off: exact, and needing nothing from the trainer, where
+    scaling the scores by the GradScaler's scale only saves a float16 gradient from underflow while near
+    1-Lipschitz a reduced-precision ``||grad|| - 1`` has lost most of its digits. The outer
+    ``manual_backward`` still scales the whole loss, so the GradScaler unscales every gradient.
 
     Args:
         critic: maps a batch (N, ...) to scores of shape (N,) or (N, 1).

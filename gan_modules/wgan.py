@@ -9,12 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from gan_modules.base import GANModule
-from gan_modules.losses import (
-    gradient_penalty,
-    wasserstein_critic_loss,
-    wasserstein_estimate,
-    wasserstein_generator_loss,
-)
+from gan_modules.losses import gradient_penalty, wasserstein_estimate, wasserstein_generator_loss
 from gan_modules.networks import Norm
 from gan_modules.flags import advice
 
