@@ -89,7 +89,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
 from gan_modules import DCGAN, WGAN, WGANGP  # noqa: E402
-from gan_modules.base import GANModule  # noqa: E402
+from gan_modules.base import GANModule, step_seed  # noqa: E402
 from gan_modules.losses import (  # noqa: E402
     dcgan_discriminator_loss,
     dcgan_generator_loss,
@@ -236,7 +236,8 @@ class GANStep:
 
     def __call__(self, real: Tensor, critic_opt: Any, generator_opt: Any, backward: Callable[[Tensor], None]) -> None:
         if self.rng is None or self.rng.device != real.device:
-            self.rng = torch.Generator(device=real.device).manual_seed(SEED)
+            self.rng = torch.Generator(device=real.device)
+        self.rng.manual_seed(step_seed(SEED, 0, self.critic_steps))  # the project's noise of this step
         with torch.no_grad():
             fake = self.generator(self._noise(real))
         self._descend(critic_opt, self._critic_loss(real, fake), backward)

@@ -165,8 +165,7 @@ class GANModule(LightningModule):
         different numbers from one seed: a run continued on another kind of device draws that device's."""
         if self.train_rng is None or self.train_rng.device != self.device:
             self.train_rng = torch.Generator(self.device)
-        key = hashlib.blake2b(f"{self.noise_seed}/{self.global_rank}/{self.critic_steps}".encode(), digest_size=8)
-        self.train_rng.manual_seed(int.from_bytes(key.digest(), "little") >> 1)  # a seed below 2**63
+        self.train_rng.manual_seed(step_seed(self.noise_seed, self.global_rank, self.critic_steps))
 
     def _critic_step(self, real: Tensor, optimizer: Any) -> dict[str, Tensor]:
         """Critic: minimise the family's critic loss on a real batch and a fresh fake batch."""
@@ -452,6 +451,12 @@ class GANModule(LightningModule):
     def sampling_generator(self) -> nn.Module:
         """The network :meth:`sample` runs: the moving average when ``ema_decay`` is set."""
         return self.generator_ema.module if self.generator_ema is not None else self.generator
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of a training step's noise on a rank: a hash of (seed, rank, critic step), below 2**63."""
+    key = hashlib.blake2b(f"{seed}/{rank}/{step}".encode(), digest_size=8)
+    return int.from_bytes(key.digest(), "little") >> 1
 
 
 def _check_positive(**values: int) -> None:
