@@ -19,6 +19,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 # The first bytes of the two formats torch.save writes: a zip archive (torch >= 1.6) or a bare pickle.
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -281,12 +283,31 @@ class GANCheckpoint(ModelCheckpoint):
         # A safety net only; Lightning's own on_train_end rewrites last.ckpt whenever it saved none itself.
         self._save_unless_saved(trainer)
 
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A stop by SIGTERM (a scheduler's preemption; Lightning stops every rank at a batch boundary and
+        raises ``SIGTERMException`` there) saves that exact state as ``last.ckpt``; other exceptions save
+        nothing (unless ``save_on_exception``, as in Lightning)."""
+        if not isinstance(exception, SIGTERMException):
+            return super().on_exception(trainer, pl_module, exception)
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or not self.dirpath:
+            return None
+        path = self.format_checkpoint_name(self._metrics(trainer), self.CHECKPOINT_NAME_LAST)
+        if self._saved_step != trainer.global_step or not self.save_last:
+            trainer.save_checkpoint(path)
+        rank_zero_info(f"Stopped by SIGTERM after critic step {getattr(pl_module, 'critic_steps', '?')}: the exact "
+                       f"state is saved in {path}; continue with `--ckpt_path last` (or that file).")
+        return None
+
+    @staticmethod
+    def _metrics(trainer: Trainer) -> dict[str, Any]:
+        return {**trainer.callback_metrics, "epoch": torch.tensor(trainer.current_epoch),
+                "step": torch.tensor(trainer.global_step)}
+
     def _save_unless_saved(self, trainer: Trainer) -> None:
         if (self._saved_step == trainer.global_step or trainer.state.fn != TrainerFn.FITTING
                 or trainer.sanity_checking or trainer.fast_dev_run):
             return
-        metrics = {**trainer.callback_metrics, "epoch": torch.tensor(trainer.current_epoch),
-                   "step": torch.tensor(trainer.global_step)}
+        metrics = self._metrics(trainer)
         names = [self.format_checkpoint_name(metrics)] if self.save_top_k else []
         if self.save_last:
             names.append(self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST))

@@ -14,11 +14,12 @@ import torch
 from conftest import assert_same_training_state
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules import MNISTDataModule
 from gan_modules import DCGAN, WGAN, WGANGP
 from gan_modules.callbacks import SampleGridCallback
-from gan_modules.checkpoint_io import AtomicCheckpointIO
+from gan_modules.checkpoint_io import AtomicCheckpointIO, GANCheckpoint
 
 pytestmark = pytest.mark.slow  # every test here trains, or starts processes
 
@@ -42,7 +43,7 @@ class CrashAt(Callback):
 
 
 def run(model_cls, data_dir: Path, ckpt_dir: Path, callbacks=(), ckpt_path=None, grid_seed=0,
-        val_check_interval=None, **model_args):
+        val_check_interval=None, checkpoint=None, **model_args):
     torch.manual_seed(1234)  # what seed_everything does; the resumed run must not depend on it
     os.environ["PL_GLOBAL_SEED"] = "1234"
     model = model_cls(image_shape=(1, 28, 28), **TINY, **model_args)
@@ -52,8 +53,8 @@ def run(model_cls, data_dir: Path, ckpt_dir: Path, callbacks=(), ckpt_path=None,
         accelerator="cpu", max_epochs=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
         enable_model_summary=False, plugins=[AtomicCheckpointIO()], val_check_interval=val_check_interval,
         # Saved after every batch, or, with a mid-epoch validation, only after each validation.
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=None if val_check_interval else 1,
-                                   save_last=True), grid, *callbacks],
+        callbacks=[checkpoint or ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=None if val_check_interval else 1,
+                                                 save_last=True), grid, *callbacks],
     )
     trainer.fit(model, data, ckpt_path=ckpt_path)
     return model, trainer, grid
@@ -157,3 +158,33 @@ def test_a_mid_epoch_resume_does_not_warn_that_the_loader_is_not_resumable(mnist
         run(DCGAN, mnist_dir, tmp_path, ckpt_path=str(tmp_path / "last.ckpt"))
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "not resumable" in m], messages
+
+
+class SignalAt(Callback):
+    """Sends this process SIGTERM during the training batch ``batch_idx`` of ``epoch``, as a scheduler does."""
+
+    def __init__(self, epoch: int, batch_idx: int) -> None:
+        self.epoch, self.batch_idx = epoch, batch_idx
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("epoch, batch_idx", [(0, 4), (1, 7)], ids=["mid_epoch", "last_batch_of_the_run"])
+def test_sigterm_saves_the_exact_state_and_the_run_continues_bitwise(epoch, batch_idx, mnist_dir: Path,
+                                                                     tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    reference, reference_trainer, _ = run(WGANGP, mnist_dir, tmp_path / "reference")
+    # Only epoch-end saves are planned: what the signal leaves must come from the signal.
+    checkpoint = GANCheckpoint(dirpath=tmp_path / "stopped", save_last=True)
+    with pytest.raises(SIGTERMException):
+        stopped, _, _ = run(WGANGP, mnist_dir, tmp_path / "stopped", callbacks=[SignalAt(epoch, batch_idx)],
+                            checkpoint=checkpoint)
+    saved = torch.load(tmp_path / "stopped" / "last.ckpt", weights_only=True)
+    assert saved["gan_state"]["critic_steps"] == epoch * 8 + batch_idx + 1  # 8 batches an epoch: that batch's state
+    resumed, resumed_trainer, _ = run(WGANGP, mnist_dir, tmp_path / "stopped",
+                                      ckpt_path=str(tmp_path / "stopped" / "last.ckpt"),
+                                      checkpoint=GANCheckpoint(dirpath=tmp_path / "stopped", save_last=True))
+    assert resumed_trainer.global_step == reference_trainer.global_step
+    assert_same_training_state(reference, reference_trainer.optimizers, resumed, resumed_trainer.optimizers)
