@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
+from tqdm import tqdm
 
 from gan_modules.base import GANModule
 from gan_modules.callbacks import image_grid
@@ -88,9 +89,12 @@ def output_problem(output: str | Path) -> str | None:
     return None
 
 
-def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: int = 0, nrow: int = 8) -> Path:
-    """Write ``num_samples`` images as a uint8 (N, C, H, W) tensor file and a PNG grid beside it; both
-    are renamed into place only when both are complete, so a failed write leaves neither half-written.
+def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: int = 0, nrow: int = 8,
+                  batch_size: int = 256) -> Path:
+    """Write ``num_samples`` images as a uint8 (N, C, H, W) tensor file and a PNG grid of the first
+    ``nrow * nrow`` beside it; both are renamed into place only when both are complete, so a failed write
+    leaves neither half-written. The generator runs on ``batch_size`` images at a time, so its memory
+    does not grow with ``num_samples``; long runs show a progress bar.
 
     Returns:
         The path of the PNG grid.
@@ -100,12 +104,17 @@ def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: 
     """
     output = Path(output)
     grid_path = output.with_suffix(".png")
-    noise = model.noise(num_samples, torch.Generator().manual_seed(seed))
-    images = model.sample(num_samples, noise=noise).cpu()  # (N, C, H, W) in [-1, 1]
-    as_uint8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    noise = model.noise(num_samples, torch.Generator().manual_seed(seed)).cpu()
+    starts = range(0, num_samples, batch_size)
+    chunks = []
+    for start in tqdm(starts, desc="Sampling", unit="batch", disable=len(starts) < 10):
+        images = model.sample(len(noise[start:start + batch_size]), noise=noise[start:start + batch_size])
+        chunks.append(((images.cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))  # from [-1, 1]
+    as_uint8 = torch.cat(chunks)
     tensor_bytes, grid_bytes = io.BytesIO(), io.BytesIO()
     torch.save(as_uint8, tensor_bytes)
-    save_image(image_grid(as_uint8.float() / 127.5 - 1, nrow), grid_bytes, format="png")  # the saved values
+    shown = as_uint8[: nrow * nrow].float() / 127.5 - 1  # the saved values
+    save_image(image_grid(shown, nrow), grid_bytes, format="png")
 
     temporaries = {output: temporary_path(output), grid_path: temporary_path(grid_path)}
     target = output.parent

@@ -235,3 +235,20 @@ def test_sample_help_documents_its_arguments() -> None:
     assert result.stdout.startswith("usage: train.py sample")
     for flag in ("--ckpt_path", "--num_samples", "--output", "--seed", "--nrow", "--device"):
         assert flag in result.stdout, flag
+
+
+def test_samples_are_generated_in_batches_with_the_same_images_and_a_bounded_grid(tmp_path: Path) -> None:
+    # 100,000 samples in one forward needed gigabytes: the generator now sees batch_size at a time.
+    from torchvision.io import decode_png, read_file
+
+    from gan_modules.sampling import write_samples
+
+    model = DCGAN(image_shape=(1, 16, 16), latent_dim=8, generator_width=4, critic_width=4)
+    seen = []
+    model.generator.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    grid = write_samples(model, 50, tmp_path / "batched.pt", nrow=4, batch_size=16)
+    assert seen == [16, 16, 16, 2]
+    write_samples(model, 50, tmp_path / "whole.pt", nrow=4, batch_size=50)
+    assert torch.equal(torch.load(tmp_path / "batched.pt"), torch.load(tmp_path / "whole.pt"))
+    # The grid shows nrow x nrow images (16 px digits scaled up to about 480 px), not all 50.
+    assert decode_png(read_file(str(grid))).shape[1] < 600
