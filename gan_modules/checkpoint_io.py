@@ -257,7 +257,10 @@ class GANCheckpoint(ModelCheckpoint):
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
         if stage != "fit" or not self.dirpath or "://" in str(self.dirpath):  # remote storage: not probed
             return
-        problem = _check_writable(Path(self.dirpath)) if trainer.is_global_zero else None
+        # The longest name this run writes (its temporary, with a large epoch and step), so that a name too
+        # long for the file system stops the run now, not after an epoch.
+        longest = Path(self.format_checkpoint_name({"epoch": 10**6, "step": 10**9})).name
+        problem = _check_writable(Path(self.dirpath), longest) if trainer.is_global_zero else None
         problem = trainer.strategy.broadcast(problem)  # every rank raises, none waits in a collective
         if problem is not None:
             raise CheckpointWriteError(*problem)
@@ -323,15 +326,19 @@ def _training_ends_after_this_epoch(trainer: Trainer) -> bool:
     return trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
 
 
-def _check_writable(folder: Path) -> tuple[int, str] | None:
-    """Creates ``folder`` and writes and removes a probe file in it; ``(errno, message)`` if that fails."""
-    probe = temporary_path(folder / "write-probe")  # a kill leaves it to be swept
+def _check_writable(folder: Path, name: str) -> tuple[int, str] | None:
+    """Creates ``folder`` and writes and removes a probe file as long as ``name``'s temporary in it;
+    ``(errno, message)`` if that fails."""
+    probe = temporary_path(folder / name)  # a kill leaves it to be swept
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"probe")
         probe.unlink()
     except OSError as error:
-        return (error.errno if error.errno is not None else errno.EIO,
-                f"The checkpoint folder {folder} cannot be written ({error.strerror or error}): fix its "
-                "permissions or choose another folder with --checkpoint.dirpath")
+        code = error.errno if error.errno is not None else errno.EIO
+        if code == errno.ENAMETOOLONG:
+            return code, (f"The checkpoint file name {name} (or the folder {folder}) is too long for the file "
+                          "system: shorten --checkpoint.filename, or the run's folder and logger name")
+        return code, (f"The checkpoint folder {folder} cannot be written ({error.strerror or error}): fix its "
+                      "permissions or choose another folder with --checkpoint.dirpath")
     return None

@@ -348,3 +348,11 @@ def test_a_flipped_bit_and_a_named_pipe_are_refused_not_loaded(tmp_path: Path) -
     os.mkfifo(tmp_path / "pipe.ckpt")  # opening it to read would wait for a writer forever
     with pytest.raises(CheckpointReadError, match=r"pipe\.ckpt is not a regular file"):
         read_checkpoint(tmp_path / "pipe.ckpt")
+
+
+def test_a_checkpoint_name_too_long_for_the_file_system_stops_the_run_before_any_batch(mnist_dir: Path,
+                                                                                       tmp_path: Path) -> None:
+    record = Record()
+    with pytest.raises(CheckpointWriteError, match=r"is too long for the file system: shorten --checkpoint\.filename"):
+        _fit(mnist_dir, GANCheckpoint(dirpath=tmp_path, filename="x" * 250 + "-{epoch}"), record)
+    assert record.batches == 0
