@@ -8,7 +8,7 @@ import shutil
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision.datasets import CelebA
@@ -30,44 +30,23 @@ class CelebADataModule(ImageFilesDataModule):
 
     Args:
         data_dir: folder holding ``celeba/`` or its contents: ``img_align_celeba/`` (or ``.zip``) and the partition.
-        batch_size: images per batch (per device under DDP).
-        num_workers: dataloader worker processes: 0 was the fastest measured with the cache; without it, every core.
-        image_size: side of the square images, after cropping (bilinear, antialiased resize).
         crop: ``center178``: the centred 178 x 178 square, the full width (the common default);
             ``face``: the centred 108 x 108 square of carpedm20/DCGAN-tensorflow, a tighter face crop.
         split: ``official``: CelebA's train and validation partitions (162,770 and 19,867 images);
             ``all``: train and validate on every image, as in the GAN papers.
-        cache: decode, crop and resize every image once into a uint8 ``.npy`` under ``cache_dir`` and
-            train from it; rebuilt when the crop, size or files change.
-        cache_dir: where the cache goes; ``None``: ``data_dir/.gan_cache``.
-        strict: stop on a corrupt or truncated image instead of skipping it with a warning.
         download: download CelebA with torchvision (from Google Drive, needs ``gdown``) when no files are found.
-        on_device: keep the cached training images on the trainer's device (2.0 GB for the official split at
-            64 px) and gather each batch there. Needs ``cache`` and ``num_workers`` 0.
     """
 
     cache_prefix = "celeba"
+    channels = 3
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        batch_size: int = 128,
-        num_workers: int = 0,
-        image_size: int = 64,
-        crop: Literal["center178", "face"] = "center178",
-        split: Literal["official", "all"] = "official",
-        cache: bool = True,
-        cache_dir: str | None = None,
-        strict: bool = False,
-        download: bool = True,
-        on_device: bool = False,
-    ) -> None:
+    def __init__(self, data_dir: str = "data", *, crop: Literal["center178", "face"] = "center178",
+                 split: Literal["official", "all"] = "official", download: bool = True, **kwargs: Any) -> None:
         if crop not in ("center178", "face"):
             raise ValueError(advice(f"crop must be 'center178' or 'face', got {crop!r}: set `--data.crop`."))
         if split not in ("official", "all"):
             raise ValueError(advice(f"split must be 'official' or 'all', got {split!r}: set `--data.split`."))
-        super().__init__(data_dir, batch_size, num_workers, image_size, crop, 3, cache, cache_dir, strict,
-                         on_device=on_device)
+        super().__init__(data_dir=data_dir, crop=crop, **kwargs)
         self.split = split
         self.download = download
 

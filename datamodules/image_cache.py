@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.pipeline import GatheredBatch, ImageDataModule, UInt8ImageDataset, check_int, to_unit_range
+from datamodules.pipeline import GatheredBatch, ImageDataModule, UInt8ImageDataset, to_unit_range
 from gan_modules.flags import advice
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
@@ -271,31 +272,34 @@ class ImageList:
 
 class ImageFilesDataModule(ImageDataModule):
     """Train and validation images from files, through the cache or decoded per item; subclasses implement
-    :meth:`image_list`, set ``cache_prefix`` and document the arguments."""
+    :meth:`image_list`, set ``cache_prefix`` and ``channels``, and declare ``data_dir`` with its default.
+
+    Args:
+        data_dir: the folder the subclass reads its images from.
+        crop: ``center``: the largest centred square; ``center178``, ``face``: CelebA's crops (see ``Crop``).
+        cache: decode, crop and resize every image once into a uint8 ``.npy`` under ``cache_dir`` and
+            train from it; rebuilt when the crop, size, channels or files change.
+        cache_dir: where the cache goes; ``None``: ``data_dir/.gan_cache``.
+        strict: stop on a corrupt or truncated image instead of skipping it with a warning.
+    """
 
     cache_prefix = "images"
+    image_list: Callable[[], ImageList]  # the files and the two splits
 
-    def __init__(self, data_dir: str, batch_size: int, num_workers: int, image_size: int, crop: Crop,
-                 channels: int, cache: bool, cache_dir: str | None, strict: bool, on_device: bool = False) -> None:
-        super().__init__(batch_size, num_workers, on_device=on_device)
-        check_int("image_size", image_size, 1)
-        if on_device and not cache:
+    def __init__(self, *, data_dir: str, crop: Crop = "center", cache: bool = True, cache_dir: str | None = None,
+                 strict: bool = False, **kwargs: Any) -> None:
+        if crop not in ("center", "center178", "face"):
+            raise ValueError(advice(f"crop must be 'center', 'center178' or 'face', got {crop!r}: set `--data.crop`."))
+        super().__init__(**kwargs)
+        if self.on_device and not cache:
             raise ValueError(advice("on_device keeps the decoded training images on the device, but cache is false, so "
                              "they are decoded per batch and never held: set `--data.cache true`, or "
                              "`--data.on_device false`."))
-        if channels not in (1, 3):
-            raise ValueError(advice(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}: "
-                             f"set `--data.channels`."))
         self.data_dir = data_dir
-        self.image_size = image_size
         self.crop = crop
-        self.channels = channels
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir else Path(data_dir) / ".gan_cache"
         self.strict = strict
-
-    def image_list(self) -> ImageList:
-        raise NotImplementedError
 
     def prepare_data(self) -> None:
         if self.cache:

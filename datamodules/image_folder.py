@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
-from datamodules.image_cache import IMAGE_EXTENSIONS, Crop, ImageFilesDataModule, ImageList, find_images
+from datamodules.image_cache import IMAGE_EXTENSIONS, ImageFilesDataModule, ImageList, find_images
 from gan_modules.flags import advice
 
 
@@ -17,44 +17,22 @@ class ImageFolderDataModule(ImageFilesDataModule):
 
     Args:
         data_dir: the folder of images.
-        batch_size: images per batch (per device under DDP).
-        num_workers: dataloader worker processes: 0 was the fastest measured with the cache; without it, every core.
-        image_size: side of the square images, after cropping (bilinear, antialiased resize).
-        crop: ``center``: the largest centred square; ``center178``, ``face``: CelebA's crops (see ``Crop``).
         channels: 3 for RGB, 1 for grayscale (PIL's ITU-R 601-2 luma).
         val_fraction: fraction of the images held out for validation (at least one); 0 validates on the
             training images.
         split_seed: seed of the validation sample, drawn from the sorted file list: the same files give the
             same split on every run and rank.
-        cache: decode, crop and resize every image once into a uint8 ``.npy`` under ``cache_dir`` and
-            train from it; rebuilt when the crop, size, channels or files change.
-        cache_dir: where the cache goes; ``None``: ``data_dir/.gan_cache``.
-        strict: stop on a corrupt or truncated image instead of skipping it with a warning.
-        on_device: keep the cached training images (N x channels x image_size² bytes) on the trainer's
-            device and gather each batch there. Needs ``cache`` and ``num_workers`` 0.
     """
 
-    def __init__(
-        self,
-        data_dir: str = "data/images",
-        batch_size: int = 128,
-        num_workers: int = 0,
-        image_size: int = 64,
-        crop: Crop = "center",
-        channels: Literal[1, 3] = 3,
-        val_fraction: float = 0.05,
-        split_seed: int = 0,
-        cache: bool = True,
-        cache_dir: str | None = None,
-        strict: bool = False,
-        on_device: bool = False,
-    ) -> None:
-        if crop not in ("center", "center178", "face"):
-            raise ValueError(advice(f"crop must be 'center', 'center178' or 'face', got {crop!r}: set `--data.crop`."))
+    def __init__(self, data_dir: str = "data/images", *, channels: Literal[1, 3] = 3, val_fraction: float = 0.05,
+                 split_seed: int = 0, **kwargs: Any) -> None:
+        if channels not in (1, 3):
+            raise ValueError(advice(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}: "
+                             f"set `--data.channels`."))
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(advice(f"val_fraction must be in [0, 1), got {val_fraction}: set `--data.val_fraction`."))
-        super().__init__(data_dir, batch_size, num_workers, image_size, crop, channels, cache, cache_dir, strict,
-                         on_device=on_device)
+        super().__init__(data_dir=data_dir, **kwargs)
+        self.channels = channels
         self.val_fraction = val_fraction
         self.split_seed = split_seed
 

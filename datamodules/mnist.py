@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
 
-from datamodules.pipeline import ImageDataModule, UInt8ImageDataset, check_int, resize_uint8
+from datamodules.pipeline import ImageDataModule, UInt8ImageDataset, resize_uint8
 from gan_modules.flags import advice
 
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -25,31 +26,17 @@ class MNISTDataModule(ImageDataModule):
     Args:
         data_dir: folder holding ``MNIST/raw/`` (torchvision's layout). Files already there are used;
             if any is missing, torchvision downloads them when ``download`` is true.
-        batch_size: images per batch (per device under DDP).
-        num_workers: dataloader worker processes; 0 (the main process) is fastest for data in memory.
         image_size: side to resize the 28 px digits to (bilinear, antialiased), e.g. 32 or 64;
             ``None`` keeps 28.
         download: try to download missing files.
-        on_device: keep the training images (47 MB at 28 px, as uint8) on the trainer's device and
-            gather each batch there, with the default path's batches. Needs ``num_workers`` 0.
     """
 
     channels = 1
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        batch_size: int = 128,
-        num_workers: int = 0,
-        image_size: int | None = None,
-        download: bool = True,
-        on_device: bool = False,
-    ) -> None:
-        super().__init__(batch_size, num_workers, on_device=on_device)
-        if image_size is not None:
-            check_int("image_size", image_size, 1)
+    def __init__(self, data_dir: str = "data", *, image_size: int | None = None, download: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(image_size=_SIDE if image_size is None else image_size, **kwargs)
         self.data_dir = data_dir
-        self.image_size = _SIDE if image_size is None else image_size
         self.download = download
 
     @property

@@ -192,9 +192,11 @@ def run_summary(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
     summary: dict[str, Any] = {"model": type(pl_module).__name__}
     summary.update({f"model.{k}": plain(v) for k, v in pl_module.hparams.items() if not k.startswith("_")})
     datamodule = trainer.datamodule
-    if datamodule is not None:  # the datamodule's __init__ arguments, as it keeps them
+    if datamodule is not None:  # the __init__ arguments of the datamodule and its bases (shared ones pass by **kwargs)
         summary["data"] = type(datamodule).__name__
-        names = [name for name in inspect.signature(type(datamodule).__init__).parameters if name != "self"]
+        signatures = [inspect.signature(cls.__init__).parameters for cls in type(datamodule).__mro__]
+        names = dict.fromkeys(name for parameters in signatures for name in parameters
+                              if name not in ("self", "args", "kwargs"))
         summary.update({f"data.{name}": plain(getattr(datamodule, name)) for name in names if hasattr(datamodule, name)})
     summary.update({"trainer.max_epochs": trainer.max_epochs, "trainer.max_steps": trainer.max_steps,
                     "trainer.precision": str(trainer.precision), "trainer.devices": trainer.num_devices,
