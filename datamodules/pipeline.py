@@ -115,7 +115,9 @@ def batch_collate(batch: Any) -> Any:
 class ResumableSampler(DistributedSampler):
     """torch's ``DistributedSampler`` (so Lightning neither replaces it under DDP nor forgets ``set_epoch``),
     given rank and world size so it also works without a process group, that can resume inside an epoch:
-    the next pass over ``resume_epoch`` skips this rank's first ``resume_skip`` samples; later epochs are whole."""
+    the next pass over ``resume_epoch`` skips the epoch's first ``resume_skip`` images (of all ranks: the
+    shuffle is one permutation that the ranks take in turns), whatever the batch size or the number of
+    ranks that trained them, and shares the rest among this run's ranks; later epochs are whole."""
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
@@ -123,11 +125,12 @@ class ResumableSampler(DistributedSampler):
         self.resume_skip = 0
 
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        if self.resume_epoch == self.epoch:
-            indices = indices[self.resume_skip:]
-        self.resume_epoch = None
-        return iter(indices)
+        resuming, self.resume_epoch = self.resume_epoch == self.epoch, None
+        if not resuming:
+            return super().__iter__()
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)  # DistributedSampler's shuffle
+        rest = torch.randperm(len(self.dataset), generator=generator).tolist()[self.resume_skip:self.total_size]
+        return iter(rest[self.rank:len(rest) - len(rest) % self.num_replicas:self.num_replicas])
 
 
 class ImageDataModule(LightningDataModule):
@@ -172,7 +175,8 @@ class ImageDataModule(LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._shuffle_seed: int | None = None  # PL_GLOBAL_SEED when the first loader is built
-        self._resume: tuple[int, int] | None = None  # (epoch, batches seen) from a checkpoint
+        self._resume: tuple[int, int] | None = None  # (epoch, images seen) from a checkpoint
+        self._image_offset: tuple[int | None, int] = (None, 0)  # (epoch, images beyond its batches x this size)
         self._train_sampler: ResumableSampler | None = None
 
     @property
@@ -206,7 +210,7 @@ class ImageDataModule(LightningDataModule):
             self._shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the same on every rank
         sampler = ResumableSampler(self.train_set, world_size, rank, seed=self._shuffle_seed)
         if self._resume is not None:
-            sampler.resume_epoch, sampler.resume_skip = self._resume[0], self._resume[1] * self.batch_size
+            sampler.resume_epoch, sampler.resume_skip = self._resume
             self._resume = None
         self._train_sampler = sampler
         if self.on_device:  # batches are born on the device: nothing to pin (pinning a GPU tensor fails)
@@ -252,13 +256,21 @@ class ImageDataModule(LightningDataModule):
                 state["epoch"] = self.trainer.current_epoch
             else:
                 state["epoch"] = sampler.epoch if sampler.resume_epoch is None else sampler.resume_epoch
-            state["batches_seen"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            # Images, not batches: a run continued with another batch size or number of ranks skips what was
+            # trained. A resumed epoch counts its batches on from the checkpoint's, in this run's geometry.
+            batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            offset = self._image_offset[1] if self._image_offset[0] == state["epoch"] else 0
+            state["batches_seen"] = batches
+            state["images_seen"] = batches * self.batch_size * self.trainer.world_size + offset
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._shuffle_seed = state_dict.get("shuffle_seed", self._shuffle_seed)
         if "epoch" in state_dict:
-            self._resume = (state_dict["epoch"], state_dict["batches_seen"])
+            epoch, batches = state_dict["epoch"], state_dict["batches_seen"]
+            in_this_geometry = batches * self.batch_size * (self.trainer.world_size if self.trainer else 1)
+            images = state_dict.get("images_seen", in_this_geometry)  # older checkpoints: batches only
+            self._resume, self._image_offset = (epoch, images), (epoch, images - in_this_geometry)
             # Lightning warns on every mid-epoch resume that the dataloader "is not resumable" (it knows
             # only loaders with their own state_dict); this datamodule restores the position exactly.
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch "

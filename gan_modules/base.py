@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LinearLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -415,6 +416,7 @@ class GANModule(LightningModule):
             "generator_steps": self.generator_steps,
             "critic_steps_at_last_generator_step": self._critic_steps_at_last_generator_step,
             "noise_seed": self.noise_seed,
+            "world_size": trainer.world_size if (trainer := attached_trainer(self)) is not None else 1,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -426,6 +428,11 @@ class GANModule(LightningModule):
         self.noise_seed = state.get("noise_seed", self.noise_seed)
         self.guard.loaded(self.critic_steps)
         if attached_trainer(self) is not None:
+            saved, now = state.get("world_size", self.trainer.world_size), self.trainer.world_size
+            if saved != now:
+                rank_zero_warn(f"The checkpoint was written by {saved} process(es) and continues on {now}: the run goes "
+                               f"on, but not bitwise as it would on {saved} (each rank draws its own noise and its "
+                               f"own share of the data).")
             # Before Lightning restores its loops from the same dict: a run stopped inside an epoch
             # continues with the rest of that epoch, not with the next one.
             align_epoch_with_data(checkpoint, self.trainer)

@@ -300,3 +300,17 @@ def test_a_plain_dataloader_over_the_dataset_still_gives_batches(mnist_dir) -> N
     images, labels = next(iter(DataLoader(data.train_set, batch_size=8)))
     assert images.shape == (8, 1, 28, 28) and labels.shape == (8,)
     assert torch.equal(images, torch.stack([data.train_set[i][0] for i in range(8)]))
+
+
+@pytest.mark.parametrize("batch_size", [6, 16])
+def test_a_resume_with_another_batch_size_skips_the_images_trained_not_the_batches(mnist_dir, batch_size) -> None:
+    # 3 batches of 8 of epoch 1 were trained; continued with another --data.batch_size, the run goes on
+    # with the epoch's 25th image (it skipped 3 x 6 = 18 or 3 x 16 = 48 before).
+    trained = _fit_data(mnist_dir)
+    full = torch.cat([images for images, _ in _batches(trained.train_dataloader(), 1)])  # epoch 1, 64 images
+    data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=batch_size)
+    data.trainer = Trainer(accelerator="cpu", devices=1, logger=False)
+    data.setup("fit")
+    data.load_state_dict({"shuffle_seed": trained._shuffle_seed, "epoch": 1, "batches_seen": 3, "images_seen": 24})
+    rest = torch.cat([images for images, _ in _batches(data.train_dataloader(), 1)])
+    assert torch.equal(rest, full[24:24 + (64 - 24) // batch_size * batch_size])
