@@ -40,15 +40,16 @@ _UNREADABLE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombE
 
 def find_images(folder: Path, skip: Path | None = None) -> list[str]:
     """Image files under ``folder``, recursively, as sorted POSIX paths relative to it, without hidden files
-    and folders (``.name``) and the folder ``skip`` (the cache)."""
+    and folders (``.name``), the folder ``skip`` (the cache) and what is not a regular file (a named pipe
+    called ``x.png`` would block the decoder forever)."""
     seen = {skip.resolve()} if skip is not None else set()  # real paths: linked folders are followed once
     found = []
     for parent, folders, names in os.walk(folder, followlinks=True):
         seen.add(Path(parent).resolve())
         folders[:] = [f for f in folders if not f.startswith(".") and (Path(parent) / f).resolve() not in seen]
         relative = Path(parent).relative_to(folder)
-        found += [(relative / name).as_posix() for name in names
-                  if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
+        found += [(relative / name).as_posix() for name in names if not name.startswith(".")
+                  and name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(parent, name))]
     return sorted(found)
 
 
@@ -190,7 +191,7 @@ def build_cache(root: Path, files: list[str], stem: Path, key: str, crop: Crop, 
         del array
         os.replace(array_tmp, array_path)
         manifest = {"key": key, "crop": crop, "size": size, "channels": channels, "root": str(root),
-                    "files": files, "unreadable": unreadable}
+                    "files": files, "unreadable": unreadable, "array": _file_stamp(array_path)}
         manifest_tmp.write_text(json.dumps(manifest))
         os.replace(manifest_tmp, manifest_path)
     finally:
@@ -200,6 +201,11 @@ def build_cache(root: Path, files: list[str], stem: Path, key: str, crop: Crop, 
     seconds = time.perf_counter() - start
     rank_zero_info(f"Built the image cache in {seconds:.1f} s ({len(files) / max(seconds, 1e-9):.0f} images/s).")
     return ImageCache(array_path, unreadable)
+
+
+def _file_stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _allocate(path: Path, shape: tuple[int, ...]) -> np.memmap:
@@ -330,7 +336,11 @@ class ImageFilesDataModule(ImageDataModule):
         shape = (len(images.files), self.channels, self.image_size, self.image_size)
         try:
             manifest = json.loads(stem.with_suffix(".json").read_text())
-            if manifest["key"] == key and np.load(stem.with_suffix(".npy"), mmap_mode="r").shape == shape:
+            # The array's size and modification time as built: bytes written over it since (other data of the
+            # same size) make it rebuild; one stat, not a read of the whole cache.
+            array_path = stem.with_suffix(".npy")
+            if (manifest["key"] == key and manifest.get("array") == _file_stamp(array_path)
+                    and np.load(array_path, mmap_mode="r").shape == shape):
                 return ImageCache(stem.with_suffix(".npy"), manifest["unreadable"])
         except (OSError, ValueError, KeyError):  # absent, or a partial copy: rebuild
             pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,24 @@ def test_cache_is_reused_and_rebuilt_when_the_files_change(folder: Path, monkeyp
     decoded.clear()
     write_image(folder / "new.png", seed=124)
     assert len(loaded(folder, val_fraction=0.0).train_set) == 21 and len(decoded) == 21
+
+
+def test_a_cache_overwritten_with_other_bytes_of_the_same_size_is_rebuilt(folder: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    datamodule = loaded(folder)
+    array, expected = datamodule.train_set.array_path, datamodule.train_set[0][0]
+    array.write_bytes(array.read_bytes()[:128] + bytes(array.stat().st_size - 128))  # header kept, pixels zeroed
+    decoded: list[str] = []
+    load_image = image_cache.load_image
+    monkeypatch.setattr(image_cache, "load_image", lambda path, *args: decoded.append(path) or load_image(path, *args))
+    datamodule = loaded(folder)
+    assert len(decoded) == 20 and torch.equal(datamodule.train_set[0][0], expected)
+
+
+def test_a_named_pipe_called_like_an_image_is_skipped_not_read(folder: Path) -> None:
+    os.mkfifo(folder / "a" / "pipe.png")  # opening it to decode would wait for a writer forever
+    assert "a/pipe.png" not in find_images(folder)
+    assert len(loaded(folder, val_fraction=0.0).train_set) == 20
 
 
 def test_cache_built_by_worker_processes_equals_the_main_process(folder: Path, tmp_path: Path) -> None:
