@@ -61,12 +61,7 @@ class GANCLI(LightningCLI):
         parser.format_help = lambda: _short_help(full_help() + _class_arguments_help())
 
     def _parse_ckpt_path(self) -> None:
-        """Resolve ``--ckpt_path last`` (or a run folder) to a file, and keep the configured model.
-
-        ``last`` is the newest ``last*.ckpt`` of the preset's runs (``runs/<preset>/version_*/``), or of
-        ``--checkpoint.dirpath`` when set; a ``fit`` continues in that run's folder (its TensorBoard
-        version), so the curves go on where they stopped. With nothing to continue it stops, naming the
-        folder searched, instead of training from scratch.
+        """Resolve ``--ckpt_path last`` (or a run folder) to a file (docs/training.md), and keep the configured model.
 
         LightningCLI's own version merges the checkpoint's hyperparameters, class path included, over
         the command line, and imports the module that class path names: a DCGAN checkpoint given to
@@ -76,9 +71,7 @@ class GANCLI(LightningCLI):
         change the saved weights' shapes.
         """
         subcommand = self.config.get("subcommand")
-        if not subcommand:
-            return
-        config = self.config[subcommand]
+        config = self.config[subcommand] if subcommand else self.config  # `build_cli(run=False)`: no subcommand
         logger = _named_tensorboard_args(config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last" or (ckpt_path and Path(ckpt_path).is_dir()):
@@ -113,15 +106,13 @@ class GANCLI(LightningCLI):
         super().after_instantiate_classes()
         check_strategy(self.trainer.strategy)  # before any process is started
         # FID switched off (`--fid.enabled false`) is left out rather than carried along doing nothing.
-        callbacks = self.trainer.callbacks
-        self.trainer.callbacks = [c for c in callbacks if not (isinstance(c, FIDCallback) and not c.enabled)]
+        self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, FIDCallback) or c.enabled]
         for callback in self.trainer.callbacks if self.subcommand else []:
             if isinstance(callback, FIDCallback):  # its weights, before any work: offline, a one-line error
                 callback.build_metric()
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
-        _named_tensorboard_args(config)
         _refresh_progress_bar_at_log_interval(config.trainer)
 
 
@@ -181,7 +172,6 @@ def _class_arguments_help() -> str:
             skip = None if shared is None else set(inspect.signature(shared.__init__).parameters) - set(own)
             parser.add_class_arguments(cls, key, skip=skip)
             arguments = parser.format_help().split("\n\n", 2)[2]  # drop the usage and -h blocks
-            arguments = re.sub(rf"  --{key} CONFIG +Path to a configuration file.\n", "", arguments)
             sections.append(f"\n=== --{key} {title} ===\n{arguments}")
     return "".join(sections)
 

@@ -19,7 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, IterableDataset, Subset
+from torch.utils.data import DataLoader, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from tqdm import tqdm
@@ -131,7 +131,14 @@ class FIDCallback(Callback):
                                    ("every_n_epochs", every_n_epochs, 1), ("batch_size", batch_size, 1)):
             if value is not None and value < least:  # FID needs two samples for a covariance
                 raise ValueError(advice(f"{name} must be at least {least}, got {value}: set `--fid.{name}`."))
-        self.num_features = _num_features(feature)
+        custom = isinstance(feature, nn.Module)
+        self.num_features = getattr(feature, "num_features", None) if custom else feature
+        if custom and not isinstance(self.num_features, int):
+            raise ValueError(f"A custom FID feature extractor needs an int attribute `num_features` "
+                             f"(its output width); {_qualname(feature)} has {self.num_features!r}.")
+        if not custom and feature not in INCEPTION_FEATURES:
+            raise ValueError(advice(f"feature must be one of the Inception layers {INCEPTION_FEATURES} or an "
+                                    f"nn.Module, got {feature!r}: set `--fid.feature`."))
         self.feature = feature
         self.weights_path = weights_path
         self.num_samples = num_samples
@@ -166,8 +173,6 @@ class FIDCallback(Callback):
                                     f"`--fid.num_samples`."))
         self.build_metric()
         self.metric.to(trainer.strategy.root_device)
-        if stage == TrainerFn.FITTING:
-            self._scored_step = None
         real = "all the" if self.num_real is None else f"at most {self.num_real:,}"
         rank_zero_info(f"FID: {self.num_samples:,} generated images against {real} real validation images, "
                        f"every {self.every_n_epochs} epoch(s) and at the end"
@@ -190,7 +195,13 @@ class FIDCallback(Callback):
         if trainer.sanity_checking or self.metric is None:
             return
         if trainer.state.fn == TrainerFn.FITTING:
-            due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or _training_ends_here(trainer)
+            # Also where the fit loop stops after this batch, so that FID scores the final state. should_stop:
+            # max_generator_steps, max_time (Timer broadcasts it), early stopping.
+            stops = trainer.should_stop or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps)
+            last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+            # A validation inside the last epoch (val_check_interval) is not at its end.
+            stops = stops or (last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+            due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or stops
             if not trainer.strategy.broadcast(due, src=0):  # rank 0's: all ranks compute or none does
                 return
             self._scored_step = trainer.global_step
@@ -200,8 +211,7 @@ class FIDCallback(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A resumed fit that trains nothing ends in its checkpoint's state, scored by the run that wrote it.
-        if trainer.ckpt_path:
-            self._scored_step = trainer.global_step
+        self._scored_step = trainer.global_step if trainer.ckpt_path else None
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The run ended in a state no validation scored: score it here (self.log is closed by now).
@@ -210,16 +220,13 @@ class FIDCallback(Callback):
             return
         if _first_val_loader(trainer) is None:  # the same on every rank: no rank computes
             rank_zero_warn("FID was not computed at the end of training: there is no validation data to take the real "
-                           "images from. Give the datamodule (or model) a `val_dataloader`.", category=UserWarning)
+                           "images from. Give the datamodule (or model) a `val_dataloader`.")
             return
         fid = self.compute(trainer, pl_module)
-        self._scored_step = trainer.global_step
         trainer.callback_metrics["val/fid"] = fid  # where RunMonitor's hp/final_fid reads it
-        if trainer.is_global_zero:
-            # Where Lightning logs an epoch's metrics: its last batch's count of batches (the critic step).
-            step = max(pl_module.critic_steps - 1, 0)
-            for logger in trainer.loggers:
-                logger.log_metrics({"val/fid": float(fid)}, step=step)
+        # Lightning's step for an epoch's metrics (its last batch's critic step); loggers write on rank 0 only.
+        for logger in trainer.loggers:
+            logger.log_metrics({"val/fid": float(fid)}, step=max(pl_module.critic_steps - 1, 0))
 
     def compute(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
         """FID between the validation set and ``num_samples`` generated images (collective under DDP)."""
@@ -229,7 +236,10 @@ class FIDCallback(Callback):
         noise_source = torch.Generator().manual_seed(self.seed)
         with torch.inference_mode():
             self._ensure_real_statistics(trainer)
-            _sync_generator_buffers(pl_module, trainer)
+            # Batch-norm running statistics (the moving average's too) are updated per rank by the last training
+            # step and re-broadcast by DDP only at its next forward: sample from rank 0's network, the one checkpointed.
+            for buffer in pl_module.sampling_generator.buffers() if world_size > 1 else []:
+                dist.broadcast(buffer, src=0)
             try:
                 with _progress(trainer, "FID: generated images", sum(sizes[rank::world_size])) as bar:
                     for chunk, size in enumerate(sizes):
@@ -268,18 +278,13 @@ class FIDCallback(Callback):
 
     def _update_real(self, loader: DataLoader, trainer: Trainer) -> None:
         """Feed the metric this rank's share of the real images: items ``r, r+W, ...`` of all the dataset's,
-        or of ``num_real`` at an even stride, without repeats (an iterable dataset: of the loader's batches)."""
-        rank, world_size, dataset = trainer.global_rank, trainer.world_size, loader.dataset
-        if isinstance(dataset, IterableDataset):  # cannot be indexed
-            shard, total = (batch for i, batch in enumerate(loader) if i % world_size == rank), None
-        else:
-            count = len(dataset)
-            subset = count if self.num_real is None else min(self.num_real, count)
-            mine = [i * count // subset for i in range(subset)][rank::world_size]
-            total = len(mine)
-            shard = DataLoader(Subset(dataset, mine), batch_size=loader.batch_size or self.batch_size,
-                               num_workers=loader.num_workers, collate_fn=loader.collate_fn)
-        with _progress(trainer, "FID: real statistics (once, then cached)", total) as bar:
+        or of ``num_real`` at an even stride, without repeats."""
+        count = len(loader.dataset)
+        subset = count if self.num_real is None else min(self.num_real, count)
+        mine = [i * count // subset for i in range(subset)][trainer.global_rank::trainer.world_size]
+        shard = DataLoader(Subset(loader.dataset, mine), batch_size=loader.batch_size or self.batch_size,
+                           num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+        with _progress(trainer, "FID: real statistics (once, then cached)", len(mine)) as bar:
             for batch in shard:
                 images = _images(batch).to(self.metric.device)
                 self.metric.update(metric_input(images, isinstance(self.feature, nn.Module)), real=True)
@@ -297,19 +302,18 @@ class FIDCallback(Callback):
         dataset = loader.dataset
         datamodule = trainer.datamodule
         data_dir = getattr(datamodule, "data_dir", None)
-        first = _first_images(loader)
-        key = {
+        first = torch.stack([_images(dataset[i]) for i in range(min(8, len(dataset)))])
+        return json.dumps({
             "datamodule": _qualname(datamodule) if datamodule is not None else "none",
             "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else "none",
             "split": "val",
             "dataset": _qualname(dataset),
-            "num_real": len(dataset) if hasattr(dataset, "__len__") else "unknown",
+            "num_real": len(dataset),
             "real_subset": self.num_real,
             "image_shape": list(first.shape[1:]),
             "first_images": _digest([first]),
             "feature_extractor": self._extractor_id,
-        }
-        return json.dumps(key, sort_keys=True)
+        }, sort_keys=True)
 
     def _load_cache(self, path: Path, key: str) -> bool:
         try:
@@ -317,8 +321,7 @@ class FIDCallback(Callback):
             self._set_real([cached[name] for name in REAL_STATES])  # zeroed by the caller on a False
             return cached["key"] == key
         except Exception as error:  # a truncated or foreign file: recompute and overwrite it
-            rank_zero_warn(f"Ignoring the unreadable FID cache {path} ({error}); recomputing it.",
-                           category=UserWarning)
+            rank_zero_warn(f"Ignoring the unreadable FID cache {path} ({error}); recomputing it.")
             return False
 
     def _save_cache(self, path: Path, key: str) -> None:
@@ -330,54 +333,28 @@ class FIDCallback(Callback):
             os.replace(partial, path)  # atomic: a crash never leaves a half-written cache
         except OSError as error:  # the cache only saves time: training goes on without it
             rank_zero_warn(f"Could not write the FID cache {path} ({error}); set `--fid.cache_dir` to a "
-                           f"writable folder to reuse the real statistics in later runs.", category=UserWarning)
-
-
-def _num_features(feature: int | nn.Module) -> int:
-    if isinstance(feature, nn.Module):
-        num_features = getattr(feature, "num_features", None)
-        if not isinstance(num_features, int):
-            raise ValueError(f"A custom FID feature extractor needs an int attribute `num_features` "
-                             f"(its output width); {_qualname(feature)} has {num_features!r}.")
-        return num_features
-    if feature not in INCEPTION_FEATURES:
-        raise ValueError(advice(f"feature must be one of the Inception layers {INCEPTION_FEATURES} or an nn.Module, "
-                         f"got {feature!r}: set `--fid.feature`."))
-    return feature
+                           f"writable folder to reuse the real statistics in later runs.")
 
 
 def _warn_if_few(what: str, count: int, num_features: int) -> None:
     if count < num_features:
         rank_zero_warn(f"FID from {count} images ({what}) with {num_features}-dimensional features is unreliable: "
                        f"the covariance estimate is rank-deficient and the score biased. Use at least {num_features} "
-                       f"(10,000 or more for a stable score), or a smaller `--fid.feature`.", category=UserWarning)
-
-
-def _training_ends_here(trainer: Trainer) -> bool:
-    """Whether the fit loop stops after the current batch, so a validation now scores the final state."""
-    # should_stop: max_generator_steps, max_time (Timer broadcasts it), early stopping.
-    if trainer.should_stop or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps):
-        return True
-    last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
-    # A validation inside the last epoch (val_check_interval) is not at its end.
-    return last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+                       f"(10,000 or more for a stable score), or a smaller `--fid.feature`.")
 
 
 def _first_val_loader(trainer: Trainer) -> DataLoader | None:
-    """The run's first validation DataLoader, else (no validation yet in this fit) the datamodule's or model's."""
+    """The run's validation DataLoader, else (no validation yet in this fit) the datamodule's or model's."""
     loaders = trainer.val_dataloaders
     for source in (trainer.datamodule, trainer.lightning_module):
         if loaders is None and source is not None and is_overridden("val_dataloader", source):
             loaders = source.val_dataloader()
-    if isinstance(loaders, dict):
-        loaders = list(loaders.values())
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-    if loader is not None and not isinstance(loader, DataLoader):
-        raise TypeError(f"FIDCallback reads the real images from the first validation DataLoader; got {loader!r}.")
-    return loader
+    if loaders is not None and not isinstance(loaders, DataLoader):
+        raise TypeError(f"FIDCallback reads the real images from the first validation DataLoader; got {loaders!r}.")
+    return loaders
 
 
-def _progress(trainer: Trainer, description: str, total: int | None) -> tqdm:
+def _progress(trainer: Trainer, description: str, total: int) -> tqdm:
     """A console bar of an evaluation's images, shown on rank 0 while the trainer shows progress."""
     shown = trainer.is_global_zero and trainer.progress_bar_callback is not None
     return tqdm(total=total, desc=description, unit="img", file=sys.stdout, dynamic_ncols=True, disable=not shown)
@@ -385,23 +362,6 @@ def _progress(trainer: Trainer, description: str, total: int | None) -> tqdm:
 
 def _images(batch: Any) -> Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-def _first_images(loader: DataLoader, count: int = 8) -> Tensor:
-    dataset = loader.dataset
-    if isinstance(dataset, IterableDataset):
-        return _images(next(iter(loader)))[:count]
-    return torch.stack([_images(dataset[i]) for i in range(min(count, len(dataset)))])
-
-
-def _sync_generator_buffers(pl_module: Any, trainer: Trainer) -> None:
-    # Batch-norm running statistics (the moving average's too) are updated per rank by the last training
-    # step and re-broadcast by DDP only at its next forward: sample from rank 0's network, the one checkpointed.
-    generator = getattr(pl_module, "sampling_generator", None)  # GANModule's: the moving average with ema_decay
-    generator = generator if generator is not None else getattr(pl_module, "generator", None)
-    if generator is not None and trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-        for buffer in generator.buffers():
-            dist.broadcast(buffer, src=0)
 
 
 def _digest(tensors: Iterable[Tensor]) -> str:
