@@ -7,9 +7,12 @@ continues the preset's newest run there, and ``sample`` takes ``last``, a run fo
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import logging
+import os
 import re
+import signal
 import sys
 import textwrap
 import warnings
@@ -22,6 +25,8 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import datamodules
 import gan_modules
@@ -113,6 +118,8 @@ class GANCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if SLURMEnvironment.detect():  # one way to stop, SIGTERM -> last.ckpt and exit 143, not SLURM's requeue
+            config.trainer.plugins = [*(config.trainer.plugins or []), SLURMEnvironment(auto_requeue=False)]
         _refresh_progress_bar_at_log_interval(config.trainer)
 
 
@@ -125,6 +132,14 @@ def _named_tensorboard_args(config: Namespace) -> Namespace | None:
         return None
     if args.get("name") is None:
         args.name = _preset_name(config.get("config"))
+    # Lightning expands $VARS in the logs' folder but not in the checkpoints' it derives from it: expand once.
+    for owner, key, flag in ((args, "save_dir", "--trainer.logger.init_args.save_dir"),
+                             (config.get("checkpoint") or {}, "dirpath", "--checkpoint.dirpath")):
+        if owner.get(key):
+            owner[key] = os.path.expanduser(os.path.expandvars(str(owner[key])))
+            if "$" in owner[key]:
+                raise CheckpointWriteError(errno.EINVAL, f"{flag} {owner[key]} names an environment variable that is "
+                                                         "not set: set it, or give the folder itself")
     return args
 
 
@@ -328,4 +343,13 @@ def main(argv: list[str] | None = None) -> None:
         build_cli(None if argv is None else args)
     except ONE_LINE_ERRORS as error:  # the message says it all
         print(f"train.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except SIGTERMException:  # stopped, its state saved (GANCheckpoint): not a success for a scheduler
+        sys.exit(128 + signal.SIGTERM)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"train.py: error: a file name is too long for the file system ({error.filename}): shorten "
+              "`--trainer.logger.init_args.name`, `--trainer.logger.init_args.save_dir` or `--checkpoint.filename`",
+              file=sys.stderr)
         sys.exit(2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import torch
@@ -51,3 +53,15 @@ class CrashAt(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
             raise RuntimeError(f"crash before epoch {self.epoch} batch {batch_idx}")
+
+
+class SignalAt(Callback):
+    """Sends its own process SIGTERM during training batch ``batch_idx`` of ``epoch``, on every rank, as a
+    scheduler (SLURM, torchrun's agent, a preemptible machine's shutdown) signals every process of a job."""
+
+    def __init__(self, epoch: int, batch_idx: int) -> None:
+        self.epoch, self.batch_idx = epoch, batch_idx
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
+            os.kill(os.getpid(), signal.SIGTERM)
