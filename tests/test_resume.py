@@ -20,6 +20,7 @@ from datamodules import MNISTDataModule
 from gan_modules import DCGAN, WGAN, WGANGP
 from gan_modules.callbacks import SampleGridCallback
 from gan_modules.checkpoint_io import AtomicCheckpointIO, GANCheckpoint
+from ddp_helpers import SignalAt
 
 pytestmark = pytest.mark.slow  # every test here trains, or starts processes
 
@@ -158,17 +159,6 @@ def test_a_mid_epoch_resume_does_not_warn_that_the_loader_is_not_resumable(mnist
         run(DCGAN, mnist_dir, tmp_path, ckpt_path=str(tmp_path / "last.ckpt"))
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "not resumable" in m], messages
-
-
-class SignalAt(Callback):
-    """Sends this process SIGTERM during the training batch ``batch_idx`` of ``epoch``, as a scheduler does."""
-
-    def __init__(self, epoch: int, batch_idx: int) -> None:
-        self.epoch, self.batch_idx = epoch, batch_idx
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.mark.parametrize("epoch, batch_idx", [(0, 4), (1, 7)], ids=["mid_epoch", "last_batch_of_the_run"])
