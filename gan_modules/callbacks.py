@@ -172,9 +172,10 @@ class RunMonitor(Callback):
             save_hparams_to_yaml(Path(trainer.logger.log_dir) / "hparams.yaml", {**summary, **finals})
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if trainer.logger is None or not trainer.is_global_zero or trainer.log_dir is None:
+        # The logger's own folder: `trainer.log_dir` is a collective, and only rank 0 gets here under DDP.
+        if trainer.logger is None or not trainer.is_global_zero or trainer.logger.log_dir is None:
             return
-        folder = Path(trainer.log_dir)
+        folder = Path(trainer.logger.log_dir)
         trained = self._steps_at_start is not None and getattr(pl_module, "critic_steps", 0) > self._steps_at_start
         # Only a folder this fit made: every file in it newer than this callback, none a checkpoint.
         files = [path for path in folder.rglob("*") if path.is_file()]

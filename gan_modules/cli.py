@@ -36,6 +36,7 @@ from gan_modules.checkpoint_io import (CheckpointReadError, CheckpointWriteError
                                        read_checkpoint, resolve_checkpoint)
 from gan_modules.fid import InceptionWeightsError
 from gan_modules.flags import on_the_command_line
+from gan_modules.preemption import StopOnSignal
 from gan_modules.run_integrity import CheckpointMismatchError, check_strategy, refuse_another_model
 from gan_modules.sampling import load_generator_checkpoint, output_problem, write_samples
 
@@ -112,6 +113,7 @@ class GANCLI(LightningCLI):
         check_strategy(self.trainer.strategy)  # before any process is started
         # FID switched off (`--fid.enabled false`) is left out rather than carried along doing nothing.
         self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, FIDCallback) or c.enabled]
+        self.trainer.callbacks.append(StopOnSignal())  # SIGTERM / SIGUSR1: last.ckpt, exit 128 + signal
         for callback in self.trainer.callbacks if self.subcommand else []:
             if isinstance(callback, FIDCallback):  # its weights, before any work: offline, a one-line error
                 callback.build_metric()
@@ -344,8 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     except ONE_LINE_ERRORS as error:  # the message says it all
         print(f"train.py: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except SIGTERMException:  # stopped, its state saved (GANCheckpoint): not a success for a scheduler
-        sys.exit(128 + signal.SIGTERM)
+    except SIGTERMException as stop:  # stopped, its state saved (GANCheckpoint): not a success for a scheduler
+        sys.exit(stop.code if isinstance(stop.code, int) else 128 + signal.SIGTERM)
     except OSError as error:
         if error.errno != errno.ENAMETOOLONG:
             raise

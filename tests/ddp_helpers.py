@@ -56,12 +56,13 @@ class CrashAt(Callback):
 
 
 class SignalAt(Callback):
-    """Sends its own process SIGTERM during training batch ``batch_idx`` of ``epoch``, on every rank, as a
-    scheduler (SLURM, torchrun's agent, a preemptible machine's shutdown) signals every process of a job."""
+    """Sends its own process ``signum`` (SIGTERM by default) during training batch ``batch_idx`` of ``epoch``, on
+    every rank as a scheduler (SLURM, torchrun's agent, a preemptible machine's shutdown) signals every process
+    of a job, or on rank ``rank`` only."""
 
-    def __init__(self, epoch: int, batch_idx: int) -> None:
-        self.epoch, self.batch_idx = epoch, batch_idx
+    def __init__(self, epoch: int, batch_idx: int, rank: int | None = None, signum: int = int(signal.SIGTERM)) -> None:
+        self.epoch, self.batch_idx, self.rank, self.signum = epoch, batch_idx, rank, signum
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
-            os.kill(os.getpid(), signal.SIGTERM)
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx) and self.rank in (None, trainer.global_rank):
+            os.kill(os.getpid(), self.signum)

@@ -13,6 +13,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from conftest import write_mnist
+from gan_modules.preemption import StopOnSignal
 from train import build_cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +54,8 @@ def test_a_variable_that_is_not_set_is_named_in_one_line(monkeypatch, capsys, tm
 
 @pytest.mark.slow
 def test_slurms_own_requeue_is_switched_off(monkeypatch, tmp_path) -> None:
-    # One way to stop (SIGTERM: last.ckpt, exit 143) and one file to continue from; docs/ddp.md. With its
-    # auto-requeue on, Lightning would handle SLURM's SIGUSR1 during the fit (save hpc_ckpt, requeue).
+    # One way to stop (SIGTERM or SIGUSR1: last.ckpt, exit 128 + signal) and one file to continue from;
+    # docs/ddp.md. With its auto-requeue on, Lightning would handle SLURM's SIGUSR1 (save hpc_ckpt, requeue).
     for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0",
                         "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}.items():
         monkeypatch.setenv(name, value)
@@ -70,7 +71,8 @@ def test_slurms_own_requeue_is_switched_off(monkeypatch, tmp_path) -> None:
     assert any(isinstance(plugin, SLURMEnvironment) for plugin in cli.config_init.trainer.plugins)
     cli.trainer.callbacks.append(SeeHandlers())
     cli.trainer.fit(cli.model, cli.datamodule)
-    assert handlers == [signal.SIG_DFL]
+    assert len(handlers) == 1 and isinstance(getattr(handlers[0], "__self__", None), StopOnSignal), handlers
+    assert not list(tmp_path.rglob("hpc_ckpt*"))
 
 
 @pytest.mark.slow

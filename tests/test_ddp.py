@@ -91,6 +91,17 @@ def test_two_process_resume_ends_bitwise_equal_to_the_uninterrupted_run(mnist_di
     result = fit("mid_epoch", "--ckpt_path", "last")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_rank_states(tmp_path / "reference" / "state", tmp_path / "mid_epoch" / "state")
+    # Stopped by a signal in the second epoch: SIGTERM on every rank (as SLURM and torchrun send it), or SLURM's
+    # SIGUSR1 on rank 1 only. Every rank stops after that batch and exits 128 + signal; `last` continues bitwise.
+    for name, extra, code in (("sigterm", [], 143),
+                              ("sigusr1", ["--trainer.callbacks.rank", "1", "--trainer.callbacks.signum", "10"], 138)):
+        stopped = fit(name, "--trainer.callbacks+=ddp_helpers.SignalAt", "--trainer.callbacks.epoch", "1",
+                      "--trainer.callbacks.batch_idx", "1", *extra)
+        assert stopped.returncode == code, stopped.stderr[-3000:]
+        assert "Stopped by" in stopped.stdout + stopped.stderr
+        result = fit(name, "--ckpt_path", "last")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert_same_rank_states(tmp_path / "reference" / "state", tmp_path / name / "state")
 
 
 def test_sync_batchnorm_on_cpu_is_refused_naming_the_setting(mnist_dir: Path, tmp_path: Path) -> None:
@@ -133,3 +144,29 @@ def test_nan_on_one_rank_stops_every_rank_with_the_step(mnist_dir: Path, tmp_pat
     state = torch.load(checkpoint, weights_only=True)
     assert state["gan_state"]["critic_steps"] == 2  # the last good state
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_run_continued_on_another_number_of_processes_says_so_and_skips_what_was_trained(mnist_dir: Path,
+                                                                                            tmp_path: Path) -> None:
+    # 64 training images, batch 8, n_critic 2. Two processes stop after one generator step: 2 batches a rank,
+    # 32 images. One process then trains the other 32 images of the epoch (4 batches), and two processes the
+    # next epoch (4 batches a rank). Not bitwise (each rank draws its own noise and data share): it says so.
+    def fit(devices: str, *extra: str) -> subprocess.CompletedProcess:
+        args = tiny_fit_args("dcgan_mnist", mnist_dir, tmp_path) + ["--trainer.devices", devices, *extra]
+        result = train(args, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    def critic_steps() -> list[int]:
+        return [torch.load(path, weights_only=True)["critic_steps"] for path in sorted((tmp_path / "state").glob("*.pt"))]
+
+    first = fit("2", "--model.max_generator_steps", "1")
+    assert "not bitwise" not in first.stderr and critic_steps() == [2, 2]
+    for path in (tmp_path / "state").glob("*.pt"):
+        path.unlink()
+    second = fit("1", "--ckpt_path", "last")
+    assert "written by 2 process(es) and continues on 1" in second.stderr and "not bitwise" in second.stderr
+    assert critic_steps() == [2 + 32 // 8]
+    third = fit("2", "--ckpt_path", "last", "--trainer.max_epochs", "2")
+    assert "written by 1 process(es) and continues on 2" in third.stderr
+    assert critic_steps() == [6 + 4, 6 + 4]
