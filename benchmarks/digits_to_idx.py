@@ -56,7 +56,7 @@ def write_random_mnist(root: Path, num_train: int, num_test: int = 1000, seed: i
 
 
 def write_digits(out: Path, size: int = 28, num_test: int = 300, seed: int = 0,
-                 limit: int | None = None) -> Path:
+                 limit: int | None = None, num_train: int | None = None) -> Path:
     """Write the digits as MNIST IDX files under ``out/MNIST/raw``; returns ``out``.
 
     Args:
@@ -65,6 +65,8 @@ def write_digits(out: Path, size: int = 28, num_test: int = 300, seed: int = 0,
         num_test: images in the ``t10k`` (validation) split; the rest are the train split.
         seed: seed of the permutation that splits the digits.
         limit: keep only the first ``limit`` digits of the permutation (tiny data for tests).
+        num_train: keep only this many training digits (a small-data study); the validation split is the
+            same ``num_test`` digits whatever ``num_train``.
     """
     images, labels = digits_uint8(size)
     order = np.random.default_rng(seed).permutation(len(images))
@@ -72,7 +74,9 @@ def write_digits(out: Path, size: int = 28, num_test: int = 300, seed: int = 0,
         order = order[:limit]
     if not 0 < num_test < len(order):
         raise ValueError(f"num_test must be between 1 and {len(order) - 1}, got {num_test}: set `--num_test`.")
-    splits = {"t10k": order[:num_test], "train": order[num_test:]}
+    if num_train is not None and not 0 < num_train <= len(order) - num_test:
+        raise ValueError(f"num_train must be between 1 and {len(order) - num_test}, got {num_train}: set `--num_train`.")
+    splits = {"t10k": order[:num_test], "train": order[num_test:][:num_train]}
     raw = Path(out) / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, index in splits.items():
@@ -87,9 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=28, help="image side in px (default 28)")
     parser.add_argument("--num_test", type=int, default=300, help="images in the validation (t10k) split")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    parser.add_argument("--num_train", type=int, default=None,
+                        help="keep only this many training digits (default: all 1,797 - num_test); the validation "
+                             "split does not change")
     args = parser.parse_args(argv)
-    out = write_digits(args.out, args.size, args.num_test, args.seed)
-    print(f"Wrote {1797 - args.num_test} train and {args.num_test} validation digits "
+    out = write_digits(args.out, args.size, args.num_test, args.seed, num_train=args.num_train)
+    print(f"Wrote {args.num_train or 1797 - args.num_test} train and {args.num_test} validation digits "
           f"({args.size} x {args.size}) to {out / 'MNIST' / 'raw'}")
 
 

@@ -44,6 +44,12 @@ def test_digits_are_mnist_files_with_the_right_split(tmp_path: Path) -> None:
     train = MNIST(str(tmp_path), train=True, download=False)
     sums = torch.cat([train.data, test.data]).flatten(1).sum(1).sort().values
     assert torch.equal(sums, torch.from_numpy(digits_uint8(28)[0].astype(np.int64)).flatten(1).sum(1).sort().values)
+    # A small-data study's 500 training digits: the first 500 of the same training split, the same validation.
+    write_digits(tmp_path / "small", num_test=300, seed=0, num_train=500)
+    assert torch.equal(MNIST(str(tmp_path / "small"), train=False, download=False).data, test.data)
+    assert torch.equal(MNIST(str(tmp_path / "small"), train=True, download=False).data, train.data[:500])
+    with pytest.raises(ValueError, match="num_train must be between 1 and 1497"):
+        write_digits(tmp_path / "too_many", num_test=300, num_train=1498)
 
 
 def test_digits_are_scaled_to_0_255() -> None:
