@@ -1,13 +1,17 @@
-"""Seconds one FID evaluation of FIDCallback takes here, and what the real-statistics cache saves.
+"""Seconds one evaluation of FIDCallback takes here: FID alone and the added KID, precision/recall and
+density/coverage (from the same features), and what the real-statistics cache and its content key cost.
 
-    python benchmarks/fid_benchmark.py                          # 1,000 and 5,000 samples, 1,000 real images
-    python benchmarks/fid_benchmark.py --num-samples 200 --num-real 200   # a quick look
+    python benchmarks/fid_benchmark.py                          # 1,000 samples, 1,000 real; added metrics at 10,000
+    python benchmarks/fid_benchmark.py --num-samples 200 --num-real 200 --feature-sizes 1000   # a quick look
 
 It runs the callback as training does: ``Trainer.validate`` of a default DCGAN (MNIST size, 1 x 28 x 28)
 on MNIST-format files, Inception-v3 pool3 features (2048, the standard FID) loaded through
 ``weights_path``. Without network no trained Inception weights can be had, so the file holds the
 same architecture with random He-initialised weights: the same arithmetic, so the same time, but
-meaningless FID values. Pass ``--weights-path`` with the real file to use it instead.
+meaningless FID values. Pass ``--weights-path`` with the real file to use it instead. The added metrics'
+cost depends only on the image counts and the feature width, not on the features' values: at the
+``--feature-sizes`` it is timed on random (N, 2048) tensors, beside FID alone extrapolated from the
+measured seconds per generated image (10,000 Inception forwards take about 20 minutes on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ sys.path.insert(0, str(REPO))  # run from anywhere without installing
 from benchmarks.digits_to_idx import write_random_mnist  # noqa: E402
 from datamodules.mnist import MNISTDataModule  # noqa: E402
 from gan_modules import DCGAN  # noqa: E402
-from gan_modules.fid import FIDCallback  # noqa: E402
+from gan_modules.fid import KNN_CHUNK, FIDCallback  # noqa: E402
+from gan_modules.metrics import kid, prdc  # noqa: E402
 
 
 def random_inception_weights(path: Path) -> Path:
@@ -63,6 +68,20 @@ class TimedFID(FIDCallback):
         self.distance_s: list[float] = []
         self.evaluation_cpu_s: list[float] = []  # CPU seconds of all threads: less sensitive to a busy machine
         self.real_statistics_cpu_s: list[float] = []
+        self.added_metrics_s: list[float] = []  # KID and the neighbour metrics, from the kept features
+        self.content_key_s: list[float] = []  # reading and hashing every real image (once per fit)
+
+    def _feature_scores(self, trainer: Trainer, fake: torch.Tensor) -> dict[str, float]:
+        start = time.perf_counter()
+        scores = super()._feature_scores(trainer, fake)
+        self.added_metrics_s.append(time.perf_counter() - start)
+        return scores
+
+    def _real_content(self, loader, trainer: Trainer) -> str:
+        start = time.perf_counter()
+        digest = super()._real_content(loader, trainer)
+        self.content_key_s.append(time.perf_counter() - start)
+        return digest
 
     def setup(self, trainer: Trainer, pl_module: DCGAN, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -99,15 +118,30 @@ def evaluate(data_dir: Path, cache_dir: Path, weights: Path, num_samples: int, b
     return callback
 
 
+def added_metrics_seconds(num_samples: int, num_real: int, width: int = 2048) -> tuple[float, float]:
+    """Seconds of KID and of precision/recall/density/coverage on random (N, width) features, as the callback
+    runs them."""
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(num_real, width, generator=g).relu(), torch.randn(num_samples, width, generator=g).relu()
+    start = time.perf_counter()
+    kid(real, fake)
+    middle = time.perf_counter()
+    prdc(real, fake, k=3, chunk=KNN_CHUNK)
+    return middle - start, time.perf_counter() - middle
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-samples", type=int, nargs="+", default=[1000, 5000], help="generated samples")
+    parser.add_argument("--num-samples", type=int, nargs="+", default=[1000], help="generated samples")
     parser.add_argument("--num-real", type=int, default=1000, help="real validation images (MNIST has 10,000)")
     parser.add_argument("--batch-size", type=int, default=100, help="images per Inception forward")
     parser.add_argument("--weights-path", default=None, help="trained Inception weights, if you have them")
+    parser.add_argument("--feature-sizes", type=int, nargs="*", default=[1000, 10000],
+                        help="sizes (generated = real) at which the added metrics are timed on random features")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # "GPU available: False" and tips
     warnings.filterwarnings("ignore", message="FID from")  # the few-samples warning: said once below
+    warnings.filterwarnings("ignore", message="No precision")  # the 2-sample run that times the cache
     warnings.filterwarnings("ignore", message=".*LeafSpec")  # a deprecation inside Lightning
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,20 +158,33 @@ def main() -> None:
               f"{torch.get_num_threads()} threads")
         print(f"Feature extractor: Inception-v3 pool3 (2048 features), {kind}.")
         print(f"Generator: DCGAN defaults (latent 100, width 64), 1 x 28 x 28, upsampled to 299 px for Inception; "
-              f"batch size {args.batch_size}.\n")
+              f"batch size {args.batch_size}; {args.num_real:,} real images.\n")
 
         if min(args.num_samples + [args.num_real]) < 2048:
             print("(The callback warns that fewer than 2,048 samples give an unreliable 2048-feature FID.)\n")
         cache_dir = tmp / "cache"
-        print(f"{'generated samples':>18} {'seconds per FID evaluation':>27} {'of which Fréchet distance':>25} "
-              f"{'CPU seconds (all threads)':>26}")
+        print(f"{'generated samples':>18} {'s per evaluation':>17} {'FID alone':>10} {'of which Fréchet':>17} "
+              f"{'KID+PR+DC':>10} {'added':>7} {'CPU s (all threads)':>20}")
         fresh = None
         for num_samples in args.num_samples:
             run = evaluate(data_dir, cache_dir, weights, num_samples, args.batch_size)
             fresh = fresh or run  # the first run computes the real statistics and writes the cache
             seconds = run.evaluation_s[0] - run.real_statistics_s[0]
+            added = run.added_metrics_s[0]
+            alone = seconds - added
             cpu_seconds = run.evaluation_cpu_s[0] - run.real_statistics_cpu_s[0]
-            print(f"{num_samples:>18,} {seconds:>27.1f} {run.distance_s[0]:>25.1f} {cpu_seconds:>26.1f}", flush=True)
+            print(f"{num_samples:>18,} {seconds:>17.1f} {alone:>10.1f} {run.distance_s[0]:>17.1f} {added:>10.1f} "
+                  f"{added / alone:>7.1%} {cpu_seconds:>20.1f}", flush=True)
+        per_sample = alone / num_samples  # the Inception and generator forwards dominate FID alone
+
+        if args.feature_sizes:
+            print(f"\nThe added metrics on random (N, 2048) features, N generated = N real, beside FID alone "
+                  f"extrapolated at {per_sample * 1000:.0f} ms per generated image (real statistics cached):")
+            print(f"{'N':>8} {'KID s':>7} {'PR+DC s':>8} {'FID alone s':>12} {'added':>7}")
+            for size in args.feature_sizes:
+                kid_s, prdc_s = added_metrics_seconds(size, size)
+                print(f"{size:>8,} {kid_s:>7.1f} {prdc_s:>8.1f} {per_sample * size:>12.0f} "
+                      f"{(kid_s + prdc_s) / (per_sample * size):>7.1%}", flush=True)
 
         cached = evaluate(data_dir, cache_dir, weights, 2, args.batch_size) if len(args.num_samples) == 1 else run
         computed, read = fresh.real_statistics_s[0], cached.real_statistics_s[0]
@@ -147,6 +194,9 @@ def main() -> None:
               f"the cache in {read:.2f} s: the cache saves {computed - read:.1f} s at every later run start "
               f"(MNIST's 10,000 validation images: about {per_image * 10_000:.0f} s, extrapolated at "
               f"{per_image * 1000:.2f} ms per image).")
+        key_s = cached.content_key_s[0]
+        print(f"Of the cached read, the content key (reading and hashing all {args.num_real:,} real images, once "
+              f"per fit) took {key_s:.2f} s ({key_s / args.num_real * 1e6:.0f} µs per image).")
 
 
 if __name__ == "__main__":

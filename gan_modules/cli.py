@@ -332,11 +332,14 @@ def _packaged_presets(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``train.py fit|validate|sample ...``; ``argv`` replaces ``sys.argv[1:]``."""
+    """``train.py fit|validate|sample|evaluate ...``; ``argv`` replaces ``sys.argv[1:]``."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["sample"]:
         sample(args[1:])
         return
+    if args[:1] == ["evaluate"]:  # gan_modules/evaluate.py: scores and their protocol as JSON
+        from gan_modules import evaluate
+        return evaluate.main(args[1:])
     _quiet_console()
     args = _packaged_presets(args)
     if argv is None:

@@ -1,6 +1,7 @@
 """Fréchet Inception Distance (Heusel et al., 2017, arXiv:1706.08500) measured during validation: torchmetrics'
 maths, on the real statistics once per dataset (cached on disk) and a fixed set of generated samples that does not
-depend on the number of devices."""
+depend on the number of devices; and KID, precision/recall and density/coverage (gan_modules/metrics.py) from the
+very features FID sums, kept by a forward hook on its extractor: one forward per image for all the metrics."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from tqdm import tqdm
 
 from gan_modules.flags import advice
+from gan_modules.metrics import kid, prdc
 
 INCEPTION_FEATURES = (64, 192, 768, 2048)
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
@@ -32,6 +34,7 @@ WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]
 # Images per side where `num_samples`/`num_real` are unset: the standard protocol on an accelerator; on a
 # CPU (Inception: ~0.15 s an image on two cores) a preset's first run stays under half an hour (docs/evaluation.md).
 STANDARD_IMAGES, CPU_IMAGES = 10_000, 2_500
+KNN_CHUNK = 4096  # rows and columns per block of distances: 64 MB of float32 whatever the image counts
 
 
 class InceptionWeightsError(RuntimeError):
@@ -90,29 +93,34 @@ def build_fid_metric(feature: int | nn.Module = 2048, weights_path: str | None =
 
 
 class FIDCallback(Callback):
-    """Logs ``val/fid`` every ``every_n_epochs`` epochs and once for the state each fit ends in.
+    """Logs ``val/fid``, ``val/kid`` (``val/kid_std``), ``val/precision``, ``val/recall``, ``val/density`` and
+    ``val/coverage`` every ``every_n_epochs`` epochs and once for the state each fit ends in.
 
     On CPU, one GPU or under DDP (docs/evaluation.md: when, on which images, at what cost); rank 0 decides
     for every rank, as the computation is collective. The callback reads the real images itself, each once
     across the ranks (Lightning's ``DistributedSampler`` would repeat some, ``limit_val_batches`` cut them
     short); chunk ``k`` of the seeded latent vectors runs on rank ``k mod W``, with rank 0's buffers.
     torchmetrics sums the states over the ranks in ``compute()``: rank 0 holds the real totals, the others zeros.
+    The other metrics need the features themselves: rank 0 gathers them in the one-process order and computes.
 
     Args:
         feature: Inception-v3 layer, 64, 192, 768 or 2048 (pool3, the standard FID), or an ``nn.Module``
             with an int ``num_features`` that maps float images (N, 3, H, W) in [0, 1] to (N, num_features).
         weights_path: local file of torch-fidelity's Inception-v3 weights
             (``weights-inception-2015-12-05-6726825d.pth``); ``None`` downloads them to torch.hub's cache.
-        num_samples: generated images per evaluation; 10,000 or more for a stable score (papers report
-            50,000). ``None``: 10,000 on an accelerator, 2,500 on a CPU.
+        num_samples: generated images per evaluation. 10,000 or more for a stable score (papers report
+            50,000); ``None``: 10,000 on an accelerator, 2,500 on a CPU.
         num_real: real validation images, taken at an even stride through the split; ``None``: the whole
             split on an accelerator, at most 2,500 on a CPU.
-        every_n_epochs: compute FID at the validation of every this many training epochs (and at the end).
-        batch_size: generated images per generator forward and per chunk of latent vectors.
+        every_n_epochs: score at the validation of every this many epochs (and at the end).
+        batch_size: generated images per generator forward. Also the chunk of latent vectors a rank takes.
         seed: seed of the latent vectors.
-        cache_dir: folder of the cached real statistics; ``None`` turns the disk cache off.
-        enabled: ``False`` turns FID off: the callback then does nothing at all (no weights loaded, no pass
-            over the real images, no ``val/fid``).
+        cache_dir: folder of the cached real statistics. ``None`` turns the disk cache off.
+        enabled: ``False`` turns all the metrics off. The callback then does nothing at all (no weights
+            loaded, no pass over the real images, no ``val/fid``).
+        kid_subsets: random subsets KID is averaged over. Its standard deviation is over them too.
+        kid_subset_size: images per KID subset, capped at the image counts. torch-fidelity's default.
+        prdc_k: the k of the k-NN balls in precision, recall, density, coverage. 3 in both papers.
     """
 
     def __init__(
@@ -126,9 +134,14 @@ class FIDCallback(Callback):
         seed: int = 0,
         cache_dir: str | None = ".fid_cache",
         enabled: bool = True,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        prdc_k: int = 3,
     ) -> None:
         for name, value, least in (("num_samples", num_samples, 2), ("num_real", num_real, 2),
-                                   ("every_n_epochs", every_n_epochs, 1), ("batch_size", batch_size, 1)):
+                                   ("every_n_epochs", every_n_epochs, 1), ("batch_size", batch_size, 1),
+                                   ("kid_subsets", kid_subsets, 1), ("kid_subset_size", kid_subset_size, 2),
+                                   ("prdc_k", prdc_k, 1)):
             if value is not None and value < least:  # FID needs two samples for a covariance
                 raise ValueError(advice(f"{name} must be at least {least}, got {value}: set `--fid.{name}`."))
         custom = isinstance(feature, nn.Module)
@@ -148,9 +161,15 @@ class FIDCallback(Callback):
         self.seed = seed
         self.cache_dir = cache_dir
         self.enabled = enabled
+        self.kid_subsets = kid_subsets
+        self.kid_subset_size = kid_subset_size
+        self.prdc_k = prdc_k
         self.metric: FrechetInceptionDistance | None = None
+        self.real_features: Tensor | None = None  # (num_real, num_features) on rank 0, in the one-process order
         self.real_images_processed = 0  # real images this process fed the metric (a cache hit adds none)
+        self._kept: list[Tensor] = []  # the extractor's outputs since the last _take_features
         self._extractor_id: str | None = None
+        self._content: str | None = None  # digest of every real image used, computed once per fit
         self._real_key: str | None = None  # key of the real statistics the metric holds now
         self._scored_step: int | None = None  # trainer.global_step of this fit's last FID
         if enabled and num_samples is not None:  # no score, nothing to be unreliable
@@ -173,6 +192,7 @@ class FIDCallback(Callback):
                                     f"`--fid.num_samples`."))
         self.build_metric()
         self.metric.to(trainer.strategy.root_device)
+        self._content = None  # the real images are read again (hashed) once in every fit: edits are seen
         real = "all the" if self.num_real is None else f"at most {self.num_real:,}"
         rank_zero_info(f"FID: {self.num_samples:,} generated images against {real} real validation images, "
                        f"every {self.every_n_epochs} epoch(s) and at the end"
@@ -190,6 +210,13 @@ class FIDCallback(Callback):
             extractor = self.metric.inception  # torchmetrics' Inception, or the custom `feature`
             weights = _digest(extractor.state_dict().values())
             self._extractor_id = f"{_qualname(extractor)}:{self.num_features}:{weights}"
+            # Keep the features FID sums, (N, num_features), for KID and the neighbour metrics: no second forward.
+            extractor.register_forward_hook(lambda module, args, output: self._kept.append(
+                output.detach().reshape(args[0].shape[0], -1)))
+
+    def _take_features(self) -> Tensor:
+        features, self._kept = torch.cat(self._kept), []
+        return features
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self.metric is None:
@@ -205,9 +232,9 @@ class FIDCallback(Callback):
             if not trainer.strategy.broadcast(due, src=0):  # rank 0's: all ranks compute or none does
                 return
             self._scored_step = trainer.global_step
-        fid = self.compute(trainer, pl_module)
-        # Every rank holds the same value; sync_dist only averages identical numbers.
-        pl_module.log("val/fid", fid, on_epoch=True, sync_dist=True)
+        scores = self.compute(trainer, pl_module)
+        # Every rank holds the same values; sync_dist only averages identical numbers.
+        pl_module.log_dict(scores, on_epoch=True, sync_dist=True)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A resumed fit that trains nothing ends in its checkpoint's state, scored by the run that wrote it.
@@ -222,14 +249,16 @@ class FIDCallback(Callback):
             rank_zero_warn("FID was not computed at the end of training: there is no validation data to take the real "
                            "images from. Give the datamodule (or model) a `val_dataloader`.")
             return
-        fid = self.compute(trainer, pl_module)
-        trainer.callback_metrics["val/fid"] = fid  # where RunMonitor's hp/final_fid reads it
+        scores = self.compute(trainer, pl_module)
+        trainer.callback_metrics.update(scores)  # where RunMonitor's hp/final_fid reads val/fid
         # Lightning's step for an epoch's metrics (its last batch's critic step); loggers write on rank 0 only.
         for logger in trainer.loggers:
-            logger.log_metrics({"val/fid": float(fid)}, step=max(pl_module.critic_steps - 1, 0))
+            logger.log_metrics({name: float(value) for name, value in scores.items()},
+                               step=max(pl_module.critic_steps - 1, 0))
 
-    def compute(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
-        """FID between the validation set and ``num_samples`` generated images (collective under DDP)."""
+    def compute(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
+        """FID, KID, precision/recall and density/coverage between the validation set and ``num_samples``
+        generated images (collective under DDP): ``{"val/fid": ..., "val/kid": ..., ...}``, the same on every rank."""
         rank, world_size = trainer.global_rank, trainer.world_size
         n, batch = self.num_samples, self.batch_size
         sizes = [min(batch, n - start) for start in range(0, n, batch)]  # the chunks of latent vectors
@@ -240,6 +269,7 @@ class FIDCallback(Callback):
             # step and re-broadcast by DDP only at its next forward: sample from rank 0's network, the one checkpointed.
             for buffer in pl_module.sampling_generator.buffers() if world_size > 1 else []:
                 dist.broadcast(buffer, src=0)
+            fake = []  # this rank's generated features, chunk by chunk
             try:
                 with _progress(trainer, "FID: generated images", sum(sizes[rank::world_size])) as bar:
                     for chunk, size in enumerate(sizes):
@@ -247,13 +277,37 @@ class FIDCallback(Callback):
                         if chunk % world_size == rank:
                             images = pl_module.sample(size, noise=noise)
                             self.metric.update(metric_input(images, isinstance(self.feature, nn.Module)), real=False)
+                            fake.append(self._take_features())
                             bar.update(size)
-                return self.metric.compute()
+                fid = self.metric.compute()
             finally:
                 self.metric.reset()  # drops the generated statistics only (reset_real_features=False)
+                self._kept = []
+            owners = [chunk % world_size for chunk, size in enumerate(sizes) for _ in range(size)]
+            fake = _gather_rows(trainer, torch.cat(fake), owners)
+            scores = self._feature_scores(trainer, fake)
+        scores = {f"val/{name}": torch.tensor(value, device=fid.device) for name, value in scores.items()}
+        return {"val/fid": fid, **scores}
+
+    def _feature_scores(self, trainer: Trainer, fake: Tensor | None) -> dict[str, float]:
+        """KID and the neighbour metrics, computed on rank 0's device and broadcast to every rank."""
+        scores = None
+        if trainer.is_global_zero:
+            real = self.real_features.to(fake.device)
+            mean, std = kid(real, fake, self.kid_subsets, self.kid_subset_size)
+            scores = {"kid": mean, "kid_std": std}
+            if min(len(real), len(fake)) > self.prdc_k:
+                scores.update(prdc(real, fake, self.prdc_k, KNN_CHUNK))
+            else:
+                rank_zero_warn(advice(f"No precision, recall, density or coverage: they need more than k = "
+                               f"{self.prdc_k} real and generated images, got {len(real)} and {len(fake)}: lower "
+                               f"`--fid.prdc_k` or use more images."))
+        return trainer.strategy.broadcast(scores, src=0)
 
     def _ensure_real_statistics(self, trainer: Trainer) -> None:
         loader = _first_val_loader(trainer)
+        if self._content is None:  # collective: every rank hashes its share
+            self._content = self._real_content(loader, trainer)
         # Rank 0's key decides for all ranks, so they all take the same branch below (collectives).
         key = self._real_key_of(trainer, loader) if trainer.is_global_zero else None
         key = trainer.strategy.broadcast(key, src=0)
@@ -265,7 +319,9 @@ class FIDCallback(Callback):
         loaded = cache is not None and cache.is_file() and self._load_cache(cache, key)
         if not trainer.strategy.broadcast(loaded, src=0):
             self._set_real(None)
-            self._update_real(loader, trainer)
+            indices = self._real_indices(loader)
+            features = self._update_real(loader, trainer, indices)
+            self.real_features = _gather_rows(trainer, features, [i % trainer.world_size for i in range(len(indices))])
             self._set_real([trainer.strategy.reduce(getattr(self.metric, name).clone(), reduce_op="sum")
                             for name in REAL_STATES])
             if cache is not None:
@@ -276,20 +332,45 @@ class FIDCallback(Callback):
         count = int(self.metric.real_features_num_samples)
         _warn_if_few("the number of real validation images", count, self.num_features)  # on rank 0 only
 
-    def _update_real(self, loader: DataLoader, trainer: Trainer) -> None:
-        """Feed the metric this rank's share of the real images: items ``r, r+W, ...`` of all the dataset's,
-        or of ``num_real`` at an even stride, without repeats."""
+    def _real_indices(self, loader: DataLoader) -> list[int]:
+        """The real images used: all the dataset's, or ``num_real`` at an even stride; rank r takes items r, r+W, ..."""
         count = len(loader.dataset)
         subset = count if self.num_real is None else min(self.num_real, count)
-        mine = [i * count // subset for i in range(subset)][trainer.global_rank::trainer.world_size]
+        return [i * count // subset for i in range(subset)]
+
+    def _real_batches(self, loader: DataLoader, trainer: Trainer, indices: list[int],
+                      description: str) -> Iterable[Tensor]:
+        """This rank's share of the real images at ``indices``, batch by batch, on the metric's device."""
+        mine = indices[trainer.global_rank::trainer.world_size]
         shard = DataLoader(Subset(loader.dataset, mine), batch_size=loader.batch_size or self.batch_size,
                            num_workers=loader.num_workers, collate_fn=loader.collate_fn)
-        with _progress(trainer, "FID: real statistics (once, then cached)", len(mine)) as bar:
+        with _progress(trainer, description, len(mine)) as bar:
             for batch in shard:
                 images = _images(batch).to(self.metric.device)
-                self.metric.update(metric_input(images, isinstance(self.feature, nn.Module)), real=True)
-                self.real_images_processed += images.shape[0]
+                yield images
                 bar.update(images.shape[0])
+
+    def _real_content(self, loader: DataLoader, trainer: Trainer) -> str:
+        """SHA-256 of every real image used, as the metric sees it (uint8), in order, on every rank. Each rank
+        hashes its share image by image, so any number of ranks gives the same digest."""
+        indices = self._real_indices(loader)
+        batches = self._real_batches(loader, trainer, indices, "FID: hashing the real images")
+        digests = bytearray().join(hashlib.sha256(image.numpy().tobytes()).digest()
+                                   for images in batches for image in metric_input(images, as_float=False).cpu())
+        digests = torch.frombuffer(digests, dtype=torch.uint8) if digests else torch.zeros(0, dtype=torch.uint8)
+        owners = [i % trainer.world_size for i in range(len(indices))]
+        everything = _gather_rows(trainer, digests.reshape(-1, 32), owners)  # (len(indices), 32) on rank 0
+        digest = hashlib.sha256(everything.cpu().numpy().tobytes()).hexdigest()[:20] if trainer.is_global_zero else None
+        return trainer.strategy.broadcast(digest, src=0)
+
+    def _update_real(self, loader: DataLoader, trainer: Trainer, indices: list[int]) -> Tensor:
+        """Feed the metric this rank's share of the real images at ``indices``; returns their features, in order."""
+        features = []
+        for images in self._real_batches(loader, trainer, indices, "FID: real statistics (once, then cached)"):
+            self.metric.update(metric_input(images, isinstance(self.feature, nn.Module)), real=True)
+            features.append(self._take_features())
+            self.real_images_processed += images.shape[0]
+        return torch.cat(features) if features else torch.zeros(0, self.num_features, device=self.metric.device)
 
     def _set_real(self, values: list[Tensor] | None) -> None:
         """Set the real states to ``values`` (in ``REAL_STATES`` order), or to zeros."""
@@ -301,17 +382,13 @@ class FIDCallback(Callback):
     def _real_key_of(self, trainer: Trainer, loader: DataLoader) -> str:
         dataset = loader.dataset
         datamodule = trainer.datamodule
-        data_dir = getattr(datamodule, "data_dir", None)
-        first = torch.stack([_images(dataset[i]) for i in range(min(8, len(dataset)))])
         return json.dumps({
             "datamodule": _qualname(datamodule) if datamodule is not None else "none",
-            "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else "none",
             "split": "val",
             "dataset": _qualname(dataset),
             "num_real": len(dataset),
             "real_subset": self.num_real,
-            "image_shape": list(first.shape[1:]),
-            "first_images": _digest([first]),
+            "content": self._content,  # every image used, so an image edited in place is seen
             "feature_extractor": self._extractor_id,
         }, sort_keys=True)
 
@@ -319,6 +396,7 @@ class FIDCallback(Callback):
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
             self._set_real([cached[name] for name in REAL_STATES])  # zeroed by the caller on a False
+            self.real_features = cached["real_features"].to(self.metric.device)
             return cached["key"] == key
         except Exception as error:  # a truncated or foreign file: recompute and overwrite it
             rank_zero_warn(f"Ignoring the unreadable FID cache {path} ({error}); recomputing it.")
@@ -326,6 +404,7 @@ class FIDCallback(Callback):
 
     def _save_cache(self, path: Path, key: str) -> None:
         state = {name: getattr(self.metric, name).cpu() for name in REAL_STATES}
+        state["real_features"] = self.real_features.cpu()  # KID and the neighbour metrics need the features
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -352,6 +431,26 @@ def _first_val_loader(trainer: Trainer) -> DataLoader | None:
     if loaders is not None and not isinstance(loaders, DataLoader):
         raise TypeError(f"FIDCallback reads the real images from the first validation DataLoader; got {loaders!r}.")
     return loaders
+
+
+def _gather_rows(trainer: Trainer, mine: Tensor, owners: list[int]) -> Tensor | None:
+    """Rows held across the ranks, (len(owners), ...) in their global order on rank 0 (``None`` elsewhere):
+    ``owners[p]`` is the rank holding row p, and each rank holds its rows in increasing p."""
+    world_size = trainer.world_size
+    if world_size == 1:
+        return mine
+    counts = [owners.count(rank) for rank in range(world_size)]
+    padded = mine.new_zeros(max(counts), *mine.shape[1:]).to(trainer.strategy.root_device)
+    padded[: len(mine)] = mine
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(gathered, padded)  # equal shapes on every rank: padded to the largest share
+    if not trainer.is_global_zero:
+        return None
+    rows = padded.new_empty(len(owners), *mine.shape[1:])
+    owner_of = torch.tensor(owners, device=rows.device)
+    for rank in range(world_size):
+        rows[owner_of == rank] = gathered[rank][: counts[rank]]
+    return rows
 
 
 def _progress(trainer: Trainer, description: str, total: int) -> tqdm:

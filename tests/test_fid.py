@@ -22,14 +22,16 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 from conftest import write_mnist
 from datamodules.mnist import MNISTDataModule
 from gan_modules import DCGAN
 from gan_modules.callbacks import RunMonitor
-from gan_modules.fid import FIDCallback, build_fid_metric
+from gan_modules.fid import FIDCallback, build_fid_metric, metric_input
 
 REPO = Path(__file__).resolve().parents[1]
+SCORES = ("val/fid", "val/kid", "val/kid_std", "val/precision", "val/recall", "val/density", "val/coverage")
 
 
 class PooledPixels(nn.Module):
@@ -116,6 +118,18 @@ def test_fid_of_the_real_images_themselves_is_zero_and_of_noise_is_large(tmp_pat
     assert different > 0.1  # the real features' variances alone are about 0.1 each
 
 
+def test_fid_is_torchmetrics_fid_bit_for_bit_beside_the_other_metrics(tmp_path: Path) -> None:
+    real, fake = smooth_rgb_images(64), smooth_rgb_images(96)[32:].flip(-1)  # 64 and 64, partly overlapping
+    reference = FrechetInceptionDistance(feature=PooledPixels(), normalize=True)
+    for images, is_real in ((real, True), (fake, False)):
+        for batch in images.split(16):
+            reference.update(metric_input(batch, as_float=True), real=is_real)
+    callback = FIDCallback(feature=PooledPixels(), num_samples=64, batch_size=16, cache_dir=None)
+    results = quiet_trainer(callbacks=[callback]).validate(Replay(real, fake), verbose=False)[0]
+    assert results["val/fid"] == reference.compute().item()  # the same number, not merely close
+    assert set(SCORES) <= set(results) and results["val/kid"] > 0 and 0 < results["val/precision"] < 1
+
+
 # --- DDP -----------------------------------------------------------------------------------------
 
 
@@ -154,6 +168,7 @@ def run_ddp_scenario(out_dir: Path, data_dir: Path) -> None:
         else:
             trainer.validate(model, mnist(data_dir), verbose=False)
         record[run] = {"fid": trainer.callback_metrics["val/fid"].item(),
+                       "scores": {name: trainer.callback_metrics[name].item() for name in SCORES},
                        "real_images": callback.real_images_processed,
                        "extractor_images": extractor.images_seen,
                        "computed_at": computed, "global_step": trainer.global_step,
@@ -173,10 +188,14 @@ def ddp_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Pat
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)], data_dir
 
 
-def single_process_fid(data_dir: Path, **model_kwargs: object) -> float:
+def single_process_scores(data_dir: Path, **model_kwargs: object) -> dict[str, float]:
     callback = FIDCallback(feature=PooledPixels(), num_samples=50, batch_size=8, cache_dir=None)
     single = quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(**model_kwargs), mnist(data_dir), verbose=False)
-    return single[0]["val/fid"]
+    return {name: single[0][name] for name in SCORES}
+
+
+def single_process_fid(data_dir: Path, **model_kwargs: object) -> float:
+    return single_process_scores(data_dir, **model_kwargs)["val/fid"]
 
 
 @pytest.mark.slow
@@ -188,6 +207,12 @@ def test_ddp_equals_one_process_and_reuses_the_cache(ddp_ranks: tuple[list[dict]
         assert rank["cached"]["fid"] == pytest.approx(expected, rel=1e-4)  # no double counting
         assert rank["cached"]["real_images"] == 0 and rank["fit"]["real_images"] == 0
         assert rank["fit"]["fid"] > 0
+    # KID (the same subsets: features gathered in the one-process order) and the neighbour metrics too.
+    expected_scores = single_process_scores(data_dir)
+    assert expected_scores["val/kid"] > 0 and 0 < expected_scores["val/coverage"] < 1  # not a degenerate case
+    for rank in ranks:
+        for run in ("fresh", "cached"):  # computed, and read back from the cache with the real features
+            assert rank[run]["scores"] == pytest.approx(expected_scores, rel=1e-4, abs=1e-7)
     # The validation set split without repeats (DistributedSampler would pad to 52) ...
     assert sorted(r["fresh"]["real_images"] for r in ranks) == [25, 26]
     # ... and the 50 samples split by chunks of 8: 7 chunks, rank 0 takes chunks 0, 2, 4, 6 (26 images), rank 1 the other 24.
@@ -221,7 +246,7 @@ def test_real_statistics_are_computed_once_and_read_back_by_a_second_fit(tmp_pat
         callback = FIDCallback(feature=extractor, num_samples=24, batch_size=8, cache_dir=str(tmp_path / "cache"))
         trainer = quiet_trainer(callbacks=[callback], max_epochs=2, limit_train_batches=1)
         trainer.fit(tiny_dcgan(), mnist(data_dir))
-        assert "val/fid" in trainer.callback_metrics
+        assert set(SCORES) <= set(trainer.callback_metrics)  # a cache hit gives KID and the rest too
         fits.append((callback, extractor))
     (first, first_extractor), (second, second_extractor) = fits
     assert first.real_images_processed == 20 and second.real_images_processed == 0
@@ -230,6 +255,28 @@ def test_real_statistics_are_computed_once_and_read_back_by_a_second_fit(tmp_pat
     assert len(list((tmp_path / "cache").glob("fid_real_*.pt"))) == 1
     for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
         assert torch.equal(getattr(first.metric, name), getattr(second.metric, name))
+    assert first.real_features.shape == (20, 16) and torch.equal(first.real_features, second.real_features)
+
+
+def test_an_image_edited_in_place_is_seen_and_its_statistics_recomputed(tmp_path: Path) -> None:
+    data_dir = write_mnist(tmp_path / "data", n_train=8, n_test=20)
+    images_file = data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+
+    def validate() -> FIDCallback:
+        callback = FIDCallback(feature=PooledPixels(), num_samples=16, batch_size=8, cache_dir=str(tmp_path / "cache"))
+        quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)
+        return callback
+
+    first = validate()
+    with open(images_file, "r+b") as file:  # image 15 of 20 (not among the first 8), same size, same mtime order
+        file.seek(16 + 15 * 28 * 28)  # past the IDX header
+        file.write(bytes(28 * 28))
+    edited, again = validate(), validate()
+    assert first.real_images_processed == 20 and edited.real_images_processed == 20  # recomputed, not reused
+    assert again.real_images_processed == 0  # the edited content's own cache entry
+    assert not torch.equal(first.real_features, edited.real_features) and torch.equal(edited.real_features,
+                                                                                       again.real_features)
+    assert torch.equal(first.real_features[:15], edited.real_features[:15])
 
 
 def test_another_dataset_or_extractor_gets_its_own_cache_entry(tmp_path: Path) -> None:
@@ -281,10 +328,10 @@ def counted_fit(callback: FIDCallback, data_dir: Path, **trainer_kwargs: object)
     computed: list[tuple[int, float]] = []
     compute = callback.compute
 
-    def counting(trainer: Trainer, pl_module: LightningModule) -> Tensor:
-        fid = compute(trainer, pl_module)
-        computed.append((trainer.global_step, fid.item()))
-        return fid
+    def counting(trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
+        scores = compute(trainer, pl_module)
+        computed.append((trainer.global_step, scores["val/fid"].item()))
+        return scores
 
     callback.compute = counting  # the public seam every evaluation goes through
     model = DCGAN(latent_dim=8, generator_width=8, critic_width=8, **trainer_kwargs.pop("model", {}))
@@ -344,6 +391,14 @@ def test_grayscale_generators_reach_the_extractor_as_rgb_in_unit_range(tmp_path:
     for shape, dtype, low, high, channels_equal in extractor.inputs:
         assert shape[1:] == (3, 28, 28) and dtype == torch.float32 and channels_equal
         assert 0 <= low <= high <= 1
+
+
+def test_too_few_images_for_the_neighbour_metrics_leave_them_out_with_a_warning(tmp_path: Path) -> None:
+    data_dir = write_mnist(tmp_path / "data", n_train=8, n_test=3)  # 3 real images: no 3rd nearest neighbour
+    callback = FIDCallback(feature=PooledPixels(), num_samples=16, batch_size=8, cache_dir=None)
+    with pytest.warns(UserWarning, match=r"No precision.*got 3 and 16.*`prdc_k`"):
+        results = quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)[0]
+    assert "val/kid" in results and "val/fid" in results and "val/precision" not in results
 
 
 def test_fewer_samples_than_features_warn() -> None:

@@ -29,13 +29,17 @@ VALUES = {
     "seed": ("3", 3),
     "cache_dir": ("fid_cache", "fid_cache"),
     "enabled": ("false", False),
+    "kid_subsets": ("10", 10),
+    "kid_subset_size": ("500", 500),
+    "prdc_k": ("5", 5),
 }
 
 
 def named_flags() -> set[str]:
     names = {name for path in SOURCES for name in FLAG.findall(path.read_text())}
     # Messages that build the name at run time (`--fid.{name}`): read it from the messages themselves.
-    for bad in ({"num_samples": 1}, {"every_n_epochs": 0}, {"batch_size": 0}):
+    for bad in ({"num_samples": 1}, {"every_n_epochs": 0}, {"batch_size": 0}, {"kid_subsets": 0},
+                {"kid_subset_size": 1}, {"prdc_k": 0}):
         with pytest.raises(ValueError) as error:
             FIDCallback(feature=64, **bad)
         names |= set(FLAG.findall(str(error.value)))
@@ -44,10 +48,10 @@ def named_flags() -> set[str]:
 
 def test_the_messages_name_flags() -> None:
     # The scan itself works: fid.py names at least the flags of its offline and cost messages.
-    assert {"weights_path", "num_samples", "batch_size", "every_n_epochs", "cache_dir"} <= named_flags()
+    assert {"weights_path", "num_samples", "batch_size", "every_n_epochs", "cache_dir", "prdc_k"} <= named_flags()
 
 
-@pytest.mark.parametrize("name", sorted(named_flags()))
+@pytest.mark.parametrize("name", sorted(named_flags() | set(VALUES)))  # named, or documented (docs/evaluation.md)
 def test_every_named_fid_flag_parses_and_reaches_the_callback(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["train.py"])  # the CLI sees only these args
     assert name in inspect.signature(FIDCallback).parameters, f"`--fid.{name}` is named, but FIDCallback has no {name}"
