@@ -38,9 +38,12 @@ in its ``checkpoints/``; ``study.report``) into ``OUT/comparison.md``, ``OUT/fid
   ended with a final FID that is not finite or above 2 x the run's best (``study.stats.diverged``); a failed run does not stop the study
   unless every run fails;
 - generator and critic steps, seconds per epoch, images/s;
+- final KID (± its spread over subsets), precision, recall, density and coverage, from the same
+  features as FID: which model loses sharpness (precision) and which loses modes (recall);
 - Spearman's rank correlation with FID, over each run's evaluations, of the Wasserstein estimate
   (``val/wasserstein``, ``train/wasserstein``) and of the losses (``val/critic_loss``,
-  ``train/critic_loss``, ``train/generator_loss``): does the signal track sample quality?
+  ``train/critic_loss``, ``train/generator_loss``): does the signal track sample quality? And of the
+  Wasserstein estimate with KID.
 
 ``fid_vs_time.png`` shows each model's mean FID with a min-max band over seeds, the runs' curves
 interpolated onto common evaluation times.

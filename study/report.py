@@ -15,7 +15,9 @@ from study.stats import (DIVERGENCE_FACTOR, MIN_CORRELATION_PAIRS, band_on_grid,
                          spearman, values_at)
 
 # The logged tags the study reads, named once: gan_modules logs every family's losses under these.
-FID_TAG = "val/fid"
+FID_TAG, KID_TAG = "val/fid", "val/kid"
+# From the same features as FID (gan_modules.metrics): sharpness (precision, density) and modes (recall, coverage).
+QUALITY_TAGS = (KID_TAG, "val/precision", "val/recall", "val/density", "val/coverage")
 CRITIC_LOSS, GENERATOR_LOSS, WASSERSTEIN = "train/critic_loss", "train/generator_loss", "train/wasserstein"
 VAL_CRITIC_LOSS, VAL_WASSERSTEIN = "val/critic_loss", "val/wasserstein"
 LOSS_TAGS = (CRITIC_LOSS, GENERATOR_LOSS, WASSERSTEIN)
@@ -61,15 +63,15 @@ class RunResult:
     def late_spread(self) -> float:
         return late_spread(self.fid)
 
-    def correlation(self, tag: str) -> float:
-        """Spearman's rho between ``tag`` and FID over this run's FID evaluations (NaN where the run
-        does not log ``tag``), the signal sampled as :func:`study.stats.values_at` says."""
+    def correlation(self, tag: str, against: str = FID_TAG) -> float:
+        """Spearman's rho between ``tag`` and ``against`` (FID, or KID) over this run's evaluations of it (NaN
+        where the run does not log ``tag``), the signal sampled as :func:`study.stats.values_at` says."""
         if tag not in self.scalars:
             return math.nan
-        fid_events = self.scalars.get(FID_TAG, [])
+        events = self.scalars.get(against, [])
         signal = values_at([(step, value) for _, step, value in self.scalars[tag]],
-                           [step for _, step, _ in fid_events], exact=tag.startswith("val/"))
-        return spearman(signal, [value for _, _, value in fid_events])
+                           [step for _, step, _ in events], exact=tag.startswith("val/"))
+        return spearman(signal, [value for _, _, value in events])
 
     def images_per_second(self) -> float:
         """Training images per second between the first and last logged training step: the change of
@@ -151,16 +153,30 @@ def summary_table(results: list[RunResult]) -> str:
     return "\n".join(rows)
 
 
-def correlation_table(results: list[RunResult]) -> str:
-    """One row per model: Spearman's rho of each signal with FID, mean ± std over its completed runs;
-    a dash where the model does not log the signal."""
-    rows = ["| model | " + " | ".join(f"`{tag}`" for tag in CORRELATED_TAGS) + " |",
-            "|---|" + "---|" * len(CORRELATED_TAGS)]
+def correlation_table(results: list[RunResult], against: str = FID_TAG,
+                      tags: tuple[str, ...] = CORRELATED_TAGS) -> str:
+    """One row per model: Spearman's rho of each signal with ``against`` (FID or KID), mean ± std over its
+    completed runs; a dash where the model does not log the signal."""
+    rows = ["| model | " + " | ".join(f"`{tag}`" for tag in tags) + " |", "|---|" + "---|" * len(tags)]
     for model, runs in _by_model(results).items():
         done = [r for r in runs if not r.failed]
-        cells = [_mean_std([r.correlation(tag) for r in done]) if any(tag in r.scalars for r in done) else "—"
-                 for tag in CORRELATED_TAGS]
+        cells = [_mean_std([r.correlation(tag, against) for r in done]) if any(tag in r.scalars for r in done)
+                 else "—" for tag in tags]
         rows.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def quality_table(results: list[RunResult]) -> str:
+    """One row per model: final FID and, from the same features, KID (its mean over subsets; the in-run
+    ``val/kid_std`` beside it) and precision, recall, density, coverage, each mean ± std over seeds."""
+    rows = ["| model | final FID | final KID (x 1000) | KID subset sd (x 1000) | precision | recall | density "
+            "| coverage |", "|---|---|---|---|---|---|---|---|"]
+    for model, runs in _by_model(results).items():
+        done = [r for r in runs if not r.failed]
+        kid = [[1000 * r.final(tag) for r in done] for tag in (KID_TAG, "val/kid_std")]
+        rest = [_mean_std([r.final(tag) for r in done]) for tag in QUALITY_TAGS[1:]]
+        rows.append(f"| {model} | {_mean_std([r.final(FID_TAG) for r in done])} | {_mean_std(kid[0], 3)} "
+                    f"| {_mean_std(kid[1], 3)} | " + " | ".join(rest) + " |")
     return "\n".join(rows)
 
 
@@ -204,6 +220,16 @@ CORRELATION_RULES = (
 )
 
 
+QUALITY_RULES = (
+    "From the same features and evaluation as the final FID (docs/evaluation.md): KID (Binkowski et al. 2018), "
+    "unbiased, mean over random subsets; its *subset sd* is the spread over those subsets within a run, "
+    "mean ± std over seeds. *precision* (Kynkäänniemi et al. 2019, k = 3): share of generated images inside "
+    "the real images' neighbourhoods, low when samples are off the data (blurry, broken); *recall*: share of "
+    "real images inside the generated images' neighbourhoods, low when modes are missing. *density* and "
+    "*coverage* (Naeem et al. 2020) are the same two questions, less sensitive to outliers.",
+)
+
+
 def failures(results: list[RunResult]) -> list[str]:
     """One line per failed run: its exit status and the last line of its log."""
     lines = []
@@ -227,9 +253,15 @@ def write_report(results: list[RunResult], path: Path, command: str, settings: l
         "## Per model, over seeds", "",
         summary_table(results), "",
         *(f"- {rule}" for rule in RULES), "",
+        "## Sharpness or modes: KID, precision and recall", "",
+        quality_table(results), "",
+        *QUALITY_RULES, "",
         "## Do the losses track FID?", "",
         correlation_table(results), "",
         *CORRELATION_RULES, "",
+        "## Does the Wasserstein estimate track KID?", "",
+        correlation_table(results, KID_TAG, (VAL_WASSERSTEIN, WASSERSTEIN)), "",
+        "Spearman's rho as above, against `val/kid` at the same evaluations instead of `val/fid`.", "",
         "## Per run", "",
         runs_table(results), "",
         *([*(f"- {line}" for line in failed), ""] if failed else []),

@@ -188,6 +188,24 @@ def test_report_tables_summarise_the_seeds() -> None:
     assert single[1:3] == ["20.00", "20.00"]  # one seed: the value, no ± n/a
 
 
+def test_quality_table_and_the_wasserstein_estimate_against_kid() -> None:
+    runs = [fake_run("m", 0, [90, 40, 30, 20], [4, 3, 2, 1]), fake_run("m", 1, [80, 30, 10, 25], [4, 2, 3, 1])]
+    for r, (kid, precision, recall) in zip(runs, ((0.010, 0.9, 0.5), (0.014, 0.7, 0.3))):
+        steps = [s for _, s, _ in r.scalars["val/fid"]]
+        r.scalars.update({tag: [(float(s), s, v) for s in steps] for tag, v in
+                          (("val/kid", kid), ("val/kid_std", kid / 10), ("val/precision", precision),
+                           ("val/recall", recall))})
+        r.scalars["val/kid"] = [(float(s), s, v) for s, v in zip(steps, [4, 2, 3, 1])]  # ranks [4, 2, 3, 1]
+        r.scalars["val/kid"][-1] = (float(steps[-1]), steps[-1], kid)
+    quality = compare_rows(report.quality_table(runs))["m"]
+    # KID x 1000: 10 and 14 -> 12 ± 2.83; precision 0.8 ± 0.14, recall 0.4 ± 0.14; no density logged.
+    assert quality == ["22.50 ± 3.54", "12.000 ± 2.828", "1.200 ± 0.283", "0.80 ± 0.14", "0.40 ± 0.14", "n/a", "n/a"]
+    # train/wasserstein [4, 3, 2, 1] and [4, 2, 3, 1] against KID's ranks [4, 2, 3, 1] (last value 0.01, 0.014:
+    # the smallest): rho 0.8 and 1.
+    rows = compare_rows(report.correlation_table(runs, report.KID_TAG, (VAL_WASSERSTEIN, WASSERSTEIN)))
+    assert rows["m"] == ["—", "0.90 ± 0.14"]
+
+
 def compare_rows(table: str) -> dict[str, list[str]]:
     """The cells of a markdown table's body rows, by their first cell."""
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
@@ -229,6 +247,10 @@ def test_compare_runs_every_model_with_every_seed_and_reports_the_statistics(tmp
         for tag, cell in zip(header, correlations[model]):
             assert cell == "—" if tag in absent else re.fullmatch(MEAN_STD, cell), (model, tag, cell)
     assert len(runs_text.splitlines()) == 2 + 4 and runs_text.count("| dcgan |") == 2
+    quality_text = text.split("## Sharpness or modes")[1].split("\n\n")[1]
+    for model, cells in compare_rows(quality_text).items():  # KID, precision, recall, ... from each run's events
+        assert all(re.fullmatch(MEAN_STD, cell) for cell in cells), (model, cells)
+    assert "## Does the Wasserstein estimate track KID?" in text
     for model in ("dcgan", "wgan_gp"):
         for seed in (0, 1):
             folder = out / "runs" / model / f"seed_{seed}"
