@@ -169,14 +169,13 @@ def correlation_table(results: list[RunResult], against: str = FID_TAG,
 def quality_table(results: list[RunResult]) -> str:
     """One row per model: final FID and, from the same features, KID (its mean over subsets; the in-run
     ``val/kid_std`` beside it) and precision, recall, density, coverage, each mean ± std over seeds."""
-    rows = ["| model | final FID | final KID (x 1000) | KID subset sd (x 1000) | precision | recall | density "
-            "| coverage |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | final FID | final KID | KID subset sd | precision | recall | density | coverage |",
+            "|---|---|---|---|---|---|---|---|"]
     for model, runs in _by_model(results).items():
         done = [r for r in runs if not r.failed]
-        kid = [[1000 * r.final(tag) for r in done] for tag in (KID_TAG, "val/kid_std")]
-        rest = [_mean_std([r.final(tag) for r in done]) for tag in QUALITY_TAGS[1:]]
-        rows.append(f"| {model} | {_mean_std([r.final(FID_TAG) for r in done])} | {_mean_std(kid[0], 3)} "
-                    f"| {_mean_std(kid[1], 3)} | " + " | ".join(rest) + " |")
+        cells = [_mean_std([r.final(tag) for r in done], 4 if "kid" in tag else 2)
+                 for tag in (FID_TAG, KID_TAG, "val/kid_std", *QUALITY_TAGS[1:])]
+        rows.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

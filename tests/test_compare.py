@@ -198,8 +198,8 @@ def test_quality_table_and_the_wasserstein_estimate_against_kid() -> None:
         r.scalars["val/kid"] = [(float(s), s, v) for s, v in zip(steps, [4, 2, 3, 1])]  # ranks [4, 2, 3, 1]
         r.scalars["val/kid"][-1] = (float(steps[-1]), steps[-1], kid)
     quality = compare_rows(report.quality_table(runs))["m"]
-    # KID x 1000: 10 and 14 -> 12 ± 2.83; precision 0.8 ± 0.14, recall 0.4 ± 0.14; no density logged.
-    assert quality == ["22.50 ± 3.54", "12.000 ± 2.828", "1.200 ± 0.283", "0.80 ± 0.14", "0.40 ± 0.14", "n/a", "n/a"]
+    # KID 0.010 and 0.014 -> 0.012 ± 0.0028; precision 0.8 ± 0.14, recall 0.4 ± 0.14; no density logged.
+    assert quality == ["22.50 ± 3.54", "0.0120 ± 0.0028", "0.0012 ± 0.0003", "0.80 ± 0.14", "0.40 ± 0.14", "n/a", "n/a"]
     # train/wasserstein [4, 3, 2, 1] and [4, 2, 3, 1] against KID's ranks [4, 2, 3, 1] (last value 0.01, 0.014:
     # the smallest): rho 0.8 and 1.
     rows = compare_rows(report.correlation_table(runs, report.KID_TAG, (VAL_WASSERSTEIN, WASSERSTEIN)))
