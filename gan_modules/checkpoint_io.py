@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import re
+import signal
 import time
 import warnings
 import zipfile
@@ -287,8 +288,8 @@ class GANCheckpoint(ModelCheckpoint):
         self._save_unless_saved(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """A stop by SIGTERM (a scheduler's preemption; Lightning stops every rank at a batch boundary and
-        raises ``SIGTERMException`` there) saves that exact state as ``last.ckpt``; other exceptions save
+        """A stop by a signal (``SIGTERMException``, raised at a batch boundary on every rank by
+        :class:`gan_modules.preemption.StopOnSignal` or Lightning; its code is 128 + the signal) saves that exact state as ``last.ckpt``; other exceptions save
         nothing (unless ``save_on_exception``, as in Lightning)."""
         if not isinstance(exception, SIGTERMException):
             return super().on_exception(trainer, pl_module, exception)
@@ -297,7 +298,8 @@ class GANCheckpoint(ModelCheckpoint):
         path = self.format_checkpoint_name(self._metrics(trainer), self.CHECKPOINT_NAME_LAST)
         if self._saved_step != trainer.global_step or not self.save_last:
             trainer.save_checkpoint(path)
-        rank_zero_info(f"Stopped by SIGTERM after critic step {getattr(pl_module, 'critic_steps', '?')}: the exact "
+        code = exception.code if isinstance(exception.code, int) and exception.code > 128 else 128 + signal.SIGTERM
+        rank_zero_info(f"Stopped by {signal.Signals(code - 128).name} after critic step {getattr(pl_module, 'critic_steps', '?')}: the exact "
                        f"state is saved in {path}; continue with `--ckpt_path last` (or that file).")
         return None
 
