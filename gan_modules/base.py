@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LinearLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from gan_modules.augment import diff_augment, parse_policies
 from gan_modules.checkpoint_io import read_checkpoint
 from gan_modules.continuation import align_epoch_with_data
 from gan_modules.flags import advice
@@ -63,14 +64,15 @@ class GANModule(LightningModule):
             (tensor cores); the same results up to float rounding. Rarely pays on CPUs.
         compile: ``torch.compile`` both networks in place (checkpoints keep their keys); the same results
             up to float rounding. WGAN-GP's penalty runs the critic uncompiled (no double backward).
-        critic_lr: the critic's learning rate, instead of ``lr`` (``None``: ``lr``): the two time-scale
-            update rule (TTUR, Heusel et al., arXiv:1706.08500), configs/dcgan_celeba_ttur.yaml.
-        generator_lr: the generator's learning rate, instead of ``lr`` (``None``: ``lr``).
+        critic_lr: the critic's learning rate (``None``: ``lr``). Unequal rates are the two time-scale update
+            rule (TTUR, Heusel et al., arXiv:1706.08500), configs/dcgan_celeba_ttur.yaml.
+        generator_lr: the generator's learning rate (``None``: ``lr``).
         lr_schedule: ``none``: constant rates (the papers the presets reproduce); ``linear``: both
             rates decay linearly to 0 over ``max_generator_steps`` generator updates (which it
             needs), as the WGAN-GP authors' ResNet code does: after k generator updates each rate is
             ``rate * (1 - k / max_generator_steps)``. The schedulers step once per generator update,
             so ``n_critic`` does not change the schedule's length; their state is saved in checkpoints.
+        augment: DiffAugment of all the critic sees: ``color``, ``translation``, ``cutout``, joined by commas.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class GANModule(LightningModule):
         critic_lr: float | None = None,
         generator_lr: float | None = None,
         lr_schedule: Literal["none", "linear"] = "none",
+        augment: str | None = None,
     ) -> None:
         super().__init__()
         _check_positive(n_critic=n_critic, latent_dim=latent_dim,
@@ -107,6 +110,7 @@ class GANModule(LightningModule):
                              "generator updates: set `--model.max_generator_steps`, or use `--model.lr_schedule none`."))
         if check_finite_every_n_steps is not None and check_finite_every_n_steps < 0:
             raise ValueError(advice("check_finite_every_n_steps must be >= 0: set `--model.check_finite_every_n_steps`."))
+        self._policies = parse_policies(augment)
         channels, height, width = image_shape
         if height != width:
             raise ValueError(advice(f"image_shape {tuple(image_shape)} is not square: set `--data.image_size`."))
@@ -172,7 +176,7 @@ class GANModule(LightningModule):
         """Critic: minimise the family's critic loss on a real batch and a fresh fake batch."""
         with torch.no_grad():  # so the generator takes no part in the critic's graph
             fake = self.generator(self.noise(real.shape[0], self.train_rng))
-        terms = self.critic_loss(real, fake)
+        terms = self.critic_loss(self.critic_view(real), self.critic_view(fake))
         self._descend(optimizer, terms["loss"], "critic")
         self.critic_steps += 1
         self.on_critic_step_end()
@@ -187,7 +191,7 @@ class GANModule(LightningModule):
             parameter.requires_grad_(False)
         try:
             fake = self.generator(self.noise(batch_size, self.train_rng))
-            terms = self.generator_loss(fake)
+            terms = self.generator_loss(self.critic_view(fake))
             self._descend(optimizer, terms["loss"], "generator")
         finally:
             for parameter in trainable:
@@ -269,6 +273,13 @@ class GANModule(LightningModule):
             step = self.critic_steps - 1  # Lightning's step for a batch's metrics: batches before it
             for logger in self.loggers:
                 logger.log_metrics({**metrics, "epoch": float(self.current_epoch)}, step=step)
+
+    def critic_view(self, images: Tensor) -> Tensor:
+        """The images as the critic sees them in training: through ``--model.augment``'s DiffAugment policies,
+        drawn from ``train_rng`` (so a resumed run augments as the uninterrupted one), else unchanged. Real and
+        fake batches are augmented independently, as in the paper; WGAN-GP's penalty is then taken on
+        interpolates of the augmented images, the critic's actual inputs."""
+        return diff_augment(images, self._policies, self.train_rng) if self._policies else images
 
     def critic_scores(self, real: Tensor, fake: Tensor, together: bool | None = None) -> tuple[Tensor, Tensor]:
         """The critic's scores of ``real`` and ``fake``, (N, 1) each.

@@ -77,6 +77,10 @@ MODELS: dict[str, tuple[str, list[str], str]] = {
                  "DCGAN losses with a spectral-norm discriminator, no batch norm (SN-GAN, Miyato et al. 2018)"),
     "wgan_gp_sn": ("wgan_gp", ["--model.spectral_norm", "true"],
                    "WGAN-GP with spectral norm on the layer-norm critic"),
+    "dcgan_aug": ("dcgan", ["--model.augment", "color,translation,cutout"],
+                  "DCGAN with DiffAugment color,translation,cutout (Zhao et al. 2020)"),
+    "wgan_gp_aug": ("wgan_gp", ["--model.augment", "color,translation,cutout"],
+                    "WGAN-GP with DiffAugment color,translation,cutout (Zhao et al. 2020)"),
 }
 DEFAULT_MODELS = ["dcgan", "wgan_gp", "wgan", "dcgan_sn"]
 # A family without a preset for a dataset trains its MNIST preset's model on this preset's data block.

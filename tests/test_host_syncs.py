@@ -50,8 +50,10 @@ class ReadBackCounter(Callback):
 
 
 @pytest.mark.parametrize("preset, extra", [("dcgan_mnist", []), ("wgan_gp_mnist", []), ("wgan_mnist", []),
-                                           ("dcgan_mnist", ["--model.ema_decay", "0.999"])],
-                         ids=["dcgan_mnist", "wgan_gp_mnist", "wgan_mnist", "dcgan_mnist_with_ema"])
+                                           ("dcgan_mnist", ["--model.ema_decay", "0.999"]),
+                                           ("wgan_gp_mnist", ["--model.augment", "color,translation,cutout"])],
+                         ids=["dcgan_mnist", "wgan_gp_mnist", "wgan_mnist", "dcgan_mnist_with_ema",
+                              "wgan_gp_mnist_with_diffaugment"])
 def test_the_default_path_reads_nothing_back_between_log_intervals(preset, extra, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", ["train.py"])
     data = write_mnist(tmp_path / "data", n_train=320, n_test=16)  # 20 batches of 16: one epoch

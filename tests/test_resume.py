@@ -64,8 +64,9 @@ def run(model_cls, data_dir: Path, ckpt_dir: Path, callbacks=(), ckpt_path=None,
 @pytest.mark.parametrize("model_cls, crash_epoch, crash_batch, val_check_interval, model_args", [
     (WGANGP, 0, 5, None, {}), (WGANGP, 1, 0, None, {}), (DCGAN, 0, 5, None, {}), (WGAN, 1, 3, None, {}),
     (WGANGP, 0, 6, 4, {}), (DCGAN, 1, 2, None, {"ema_decay": 0.9}),
+    (WGANGP, 0, 5, None, {"augment": "color,translation,cutout"}),
 ], ids=["wgan_gp_mid_epoch", "wgan_gp_epoch_boundary", "dcgan_mid_epoch", "wgan_second_epoch",
-        "wgan_gp_saved_at_a_mid_epoch_validation", "dcgan_with_ema_generator"])
+        "wgan_gp_saved_at_a_mid_epoch_validation", "dcgan_with_ema_generator", "wgan_gp_with_diffaugment"])
 def test_resumed_run_ends_bitwise_equal_to_the_uninterrupted_run(
     model_cls, crash_epoch, crash_batch, val_check_interval, model_args, mnist_dir: Path, tmp_path: Path,
     monkeypatch
