@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.pipeline import GatheredBatch, ImageDataModule, UInt8ImageDataset, to_unit_range
+from datamodules.pipeline import GatheredBatch, ImageDataModule, MirroredDataset, UInt8ImageDataset, to_unit_range
 from gan_modules.flags import advice
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
@@ -283,17 +283,18 @@ class ImageFilesDataModule(ImageDataModule):
     Args:
         data_dir: the folder the subclass reads its images from.
         crop: ``center``: the largest centred square; ``center178``, ``face``: CelebA's crops (see ``Crop``).
-        cache: decode, crop and resize every image once into a uint8 ``.npy`` under ``cache_dir`` and
-            train from it; rebuilt when the crop, size, channels or files change.
+        cache: train from a cache of the decoded images. Each image is decoded, cropped and resized once
+            into a uint8 ``.npy`` under ``cache_dir``, rebuilt when the crop, size, channels or files change.
         cache_dir: where the cache goes; ``None``: ``data_dir/.gan_cache``.
-        strict: stop on a corrupt or truncated image instead of skipping it with a warning.
+        strict: stop on a corrupt image, instead of skipping it. (A skipped image is named in a warning.)
+        hflip: also train on each image's left-right mirror. (Each epoch is then twice as long.)
     """
 
     cache_prefix = "images"
     image_list: Callable[[], ImageList]  # the files and the two splits
 
     def __init__(self, *, data_dir: str, crop: Crop = "center", cache: bool = True, cache_dir: str | None = None,
-                 strict: bool = False, **kwargs: Any) -> None:
+                 strict: bool = False, hflip: bool = False, **kwargs: Any) -> None:
         if crop not in ("center", "center178", "face"):
             raise ValueError(advice(f"crop must be 'center', 'center178' or 'face', got {crop!r}: set `--data.crop`."))
         super().__init__(**kwargs)
@@ -306,12 +307,17 @@ class ImageFilesDataModule(ImageDataModule):
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir else Path(data_dir) / ".gan_cache"
         self.strict = strict
+        self.hflip = hflip
 
     def prepare_data(self) -> None:
         if self.cache:
             self._cache(self.image_list())
 
     def load_splits(self) -> tuple[Dataset, Dataset]:
+        train, val = self._splits()
+        return (MirroredDataset(train) if self.hflip else train), val
+
+    def _splits(self) -> tuple[Dataset, Dataset]:
         images = self.image_list()
         if self.cache:
             cache = self._cache(images)  # built by prepare_data; here only when that did not run

@@ -105,6 +105,31 @@ class GatheredBatch(Sequence):
         return self.images[index], self.labels[index]
 
 
+class MirroredDataset(Dataset):
+    """``dataset`` and its mirror image (stylegan2-ada's ``--mirror``): item ``i >= N`` is item ``i - N`` flipped
+    left-right, so each epoch sees every training image both ways."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return 2 * len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, label = self.dataset[index % len(self.dataset)]
+        return (image.flip(-1) if index >= len(self.dataset) else image), label
+
+    def __getitems__(self, indices: list[int]) -> GatheredBatch:
+        n = len(self.dataset)
+        parts = [(self.dataset.__getitems__(part), flipped) for part, flipped in
+                 (([i for i in indices if i < n], False), ([i - n for i in indices if i >= n], True)) if part]
+        return GatheredBatch(torch.cat([b.images.flip(-1) if flipped else b.images for b, flipped in parts]),
+                             torch.cat([b.labels for b, _ in parts]))  # the order within a batch is the loss's to ignore
+
+    def to(self, device: torch.device) -> MirroredDataset:
+        return MirroredDataset(self.dataset.to(device))
+
+
 def batch_collate(batch: Any) -> Any:
     """A :class:`GatheredBatch` as its tensors; anything else by torch's ``default_collate``."""
     if isinstance(batch, GatheredBatch):

@@ -75,6 +75,25 @@ def test_batches_in_unit_range_with_a_deterministic_split(folder: Path, cache: b
     assert not torch.equal(val, other)
 
 
+@pytest.mark.parametrize("cache, on_device", [(True, False), (False, False), (True, True)])
+def test_hflip_doubles_the_training_set_with_each_images_mirror(folder: Path, cache: bool, on_device: bool) -> None:
+    plain = loaded(folder, val_fraction=0.2, cache=cache)
+    mirrored = loaded(folder, val_fraction=0.2, cache=cache, hflip=True, on_device=on_device)
+    train = mirrored._train_set_on_device() if on_device else mirrored.train_set  # as on_device trains from it
+    assert (len(train), len(mirrored.val_set)) == (32, 4)  # validation unchanged
+    for i in range(16):
+        image = plain.train_set[i][0]
+        assert torch.equal(train[i][0], image) and torch.equal(train[16 + i][0], image.flip(-1))
+        assert not torch.equal(image, image.flip(-1))
+    # A gathered batch of both halves: each image once, the mirrored ones flipped (the order is the loss's).
+    images, labels = batch_collate(train.__getitems__([17, 3, 20, 5]))
+    expected = [plain.train_set[i][0] for i in (3, 5)] + [plain.train_set[i][0].flip(-1) for i in (1, 4)]
+    assert sorted(map(tuple, images.flatten(1).tolist())) == sorted(tuple(e.flatten().tolist()) for e in expected)
+    assert labels.tolist() == [0] * 4
+    epoch = torch.cat([batch[0] for batch in mirrored.train_dataloader()])
+    assert epoch.shape[0] == 32  # each epoch: every image both ways
+
+
 def test_validation_on_the_training_images_when_val_fraction_is_zero(folder: Path) -> None:
     datamodule = loaded(folder, val_fraction=0.0)
     assert len(datamodule.train_set) == len(datamodule.val_set) == 20
