@@ -73,7 +73,8 @@ class WGANGP(_WassersteinGAN):
         super().__init__(critic_norm=critic_norm, n_critic=n_critic, **kwargs)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
-        """Critic: maximise E[D(real)] - E[D(fake)] with the gradient penalty on interpolates."""
+        """Critic: maximise E[D(real)] - E[D(fake)] with the gradient penalty on interpolates of ``real`` and
+        ``fake`` as the critic sees them (with ``--model.augment``, augmented: see :meth:`critic_view`)."""
         terms = self._wasserstein(real, fake)
         # The critic's plain forward under --model.compile: torch.compile has no double backward.
         critic = self.critic.forward if self.hparams.compile else self.critic

@@ -143,6 +143,18 @@ def test_cached_and_uncached_batches_are_equal(tmp_path: Path) -> None:
     torch.testing.assert_close(cached, decoded, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_hflip_doubles_the_training_set_with_each_images_mirror(tmp_path: Path, cache: bool) -> None:
+    official_layout(tmp_path)
+    plain, mirrored = loaded(tmp_path, cache=cache), loaded(tmp_path, cache=cache, hflip=True)
+    assert (len(mirrored.train_set), len(mirrored.val_set)) == (16, 3)  # validation unchanged
+    for i in range(8):
+        image = plain.train_set[i][0]
+        assert torch.equal(mirrored.train_set[i][0], image) and torch.equal(mirrored.train_set[8 + i][0], image.flip(-1))
+        assert not torch.equal(image, image.flip(-1))
+    assert sum(len(batch[0]) for batch in mirrored.train_dataloader()) == 16  # each epoch: every image both ways
+
+
 def test_an_interrupted_build_leaves_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     official_layout(tmp_path)
     load_image, calls = image_cache.load_image, []
