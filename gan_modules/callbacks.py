@@ -1,6 +1,5 @@
-"""Callbacks that watch a run: image grids, training speed and the final hyperparameters, and FID
-(in fid.py), each logging to TensorBoard from rank 0 at epoch boundaries, never per step; and the
-progress bar."""
+"""Callbacks that watch a run (image grids, speed, final hyperparameters, and FID in fid.py), logging to
+TensorBoard from rank 0 at epoch boundaries, never per step; and the progress bar."""
 
 from __future__ import annotations
 
@@ -23,9 +22,6 @@ from gan_modules.fid import FIDCallback
 from gan_modules.flags import advice
 
 __all__ = ["FIDCallback", "OneDrawProgressBar", "RunMonitor", "SampleGridCallback", "image_grid"]
-
-_monotonic = time.monotonic  # the progress bar's clock (a test replaces it, not the stdlib's)
-
 
 def _tensorboard(trainer: Trainer) -> Any | None:
     """The logger's SummaryWriter on rank 0, or ``None`` (other ranks, other loggers)."""
@@ -110,15 +106,10 @@ class SampleGridCallback(Callback):
 
 
 class RunMonitor(Callback):
-    """Training speed per epoch and the run's hyperparameters with its final FID.
-
-    - At the start of a fit: one line with each network's parameter count.
-    - At every training epoch's end: ``train/seconds_per_epoch`` (its training batches' wall-clock,
-      validation and FID excluded) and ``train/images_per_second`` (real images over all devices).
-    - At the fit's end (``on_fit_end``, after FIDCallback's ``on_train_end``): TensorBoard's HPARAMS tab
-      gets :func:`run_summary` with the final metrics (``hp/final_fid``, ``hp/final_critic_loss``, ...).
-    - A fit that stops with an error before its first batch leaves no run folder behind.
-    """
+    """Each network's parameter count at the start; at every epoch's end ``train/seconds_per_epoch``
+    (validation and FID excluded) and ``train/images_per_second`` (over all devices); at the fit's end
+    (after FIDCallback's ``on_train_end``) :func:`run_summary` with the final metrics (``hp/final_fid``,
+    ...) in TensorBoard's HPARAMS tab. A fit failing before its first batch leaves no run folder."""
 
     def __init__(self) -> None:
         self._epoch_start: tuple[float, int] | None = None
@@ -211,44 +202,13 @@ def run_summary(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
 
 
 class OneDrawProgressBar(TQDMProgressBar):
-    """Lightning's ``TQDMProgressBar`` with the latest logged losses (``critic_loss``, ``generator_loss``,
-    and ``wasserstein`` where the model has one) and a rate of training batches that leaves out
-    validation and FID, drawn once per update (Lightning's draws twice) every ``refresh_rate``-th batch
-    but at most every ``min_interval`` seconds, at least every ``max_interval`` seconds (a slow
-    machine), and at the epoch's last batch. ``train.py`` makes it the default bar, with
-    ``refresh_rate`` set to ``log_every_n_steps`` (when the losses shown change).
-
-    Args:
-        refresh_rate: draw at most every this many batches (0 turns the bar off).
-        process_position: as Lightning's (the bar's line, for several bars at once).
-        leave: as Lightning's (keep each epoch's finished bar).
-        min_interval: seconds between two draws at least (0: every ``refresh_rate`` batches).
-        max_interval: seconds after which the next batch draws the line, whatever ``refresh_rate``.
-    """
+    """Lightning's ``TQDMProgressBar`` (same arguments) showing the latest logged losses (``critic_loss``,
+    ``generator_loss``, and ``wasserstein`` where the model has one), with a rate of training batches that
+    leaves out validation and FID. ``train.py`` makes it the default bar, with ``refresh_rate`` set to
+    ``log_every_n_steps`` (when the losses shown change)."""
 
     SHOWN = ("critic_loss", "generator_loss", "wasserstein")
-
-    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False,
-                 min_interval: float = 0.25, max_interval: float = 1.0) -> None:
-        if not 0 <= min_interval <= max_interval:  # NaN too
-            raise ValueError(f"OneDrawProgressBar needs 0 <= min_interval <= max_interval seconds, got {min_interval} "
-                             f"and {max_interval}: give min_interval 0 to draw at every refresh_rate-th batch.")
-        super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
-        self.min_interval = min_interval
-        self.max_interval = max_interval
-        self._drawn_at = -float("inf")
-        self._validation_started_at: float | None = None
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if not self.is_enabled:
-            return
-        bar, n = self.train_progress_bar, batch_idx + 1  # set at on_train_start (the property raises if not)
-        bar.n = n  # no draw: tqdm draws only when told to
-        since = _monotonic() - self._drawn_at
-        if n == bar.total or since >= self.max_interval or (n % self.refresh_rate == 0 and since >= self.min_interval):
-            bar.set_postfix(self.get_metrics(trainer, pl_module))  # draws the line (tqdm's refresh=True)
-            self._drawn_at = _monotonic()
+    _validation_started_at: float | None = None
 
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         # The modules write their logs straight to the loggers and callback_metrics (GANModule._log_terms).

@@ -3,6 +3,7 @@ saved at the end of every epoch and of the run."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -40,19 +41,24 @@ class CheckpointWriteError(OSError):
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Loads a checkpoint with ``weights_only=True``, whatever torch's default or environment (an explicit
-    argument wins over ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``), after checking that it is intact.
+    """Loads an intact checkpoint with ``weights_only=True`` (an explicit argument wins over
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``).
 
     Raises:
-        CheckpointReadError: one line naming the file and what is wrong with it (:func:`damage`) and, when an
-            intact ``*.ckpt`` lies beside it, the newest such file to pass to ``--ckpt_path``.
-        Exception: torch's own error (e.g. ``torch.OutOfMemoryError``), with a note naming the file, when the
-            intact file's tensors cannot be placed (memory ran out, or a device this machine lacks).
+        CheckpointReadError: one line naming the file, what is wrong with it (:func:`damage`) and the newest
+            intact ``*.ckpt`` beside it, if any, to pass to ``--ckpt_path``.
+        Exception: torch's own error (e.g. ``torch.OutOfMemoryError``) with a note naming the file, when the
+            intact file's tensors cannot be placed.
     """
     path = Path(path)
     problem = damage(path)
     if problem is not None:
-        alternative = _newest_intact_sibling(path)
+        try:
+            siblings = sorted((p for p in path.parent.glob("*.ckpt") if p.is_file() and p.name != path.name),
+                              key=_mtime, reverse=True)
+        except OSError:
+            siblings = []
+        alternative = next((p for p in siblings if damage(p) is None), None)
         hint = (f"; the newest intact checkpoint beside it is {alternative.name}: pass --ckpt_path {alternative}"
                 if alternative else "; pass another file to --ckpt_path")
         raise CheckpointReadError(f"Checkpoint {path} {problem}{hint}")
@@ -66,10 +72,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
 
 def damage(path: Path) -> str | None:
-    """What is wrong with the checkpoint file ``path``, or ``None`` when it is intact: it loads as a
-    dictionary with ``weights_only=True`` onto the ``meta`` device (no tensor is placed or even read) and,
-    in the zip format, every record matches its checksum (which ``torch.load`` does not check: a flipped
-    bit in a weight loads silently)."""
+    """What is wrong with the checkpoint file ``path``, or ``None``: intact means it loads as a dictionary
+    (``weights_only``, onto ``meta``: no tensor is read) and every zip record matches its checksum, which
+    ``torch.load`` does not check (a flipped bit in a weight loads silently)."""
     if not path.is_file():
         return ("is a folder, not a checkpoint file" if path.is_dir() else
                 "is not a regular file (a pipe or a device)" if path.exists() else "does not exist")
@@ -98,15 +103,6 @@ def damage(path: Path) -> str | None:
     return None
 
 
-def _newest_intact_sibling(path: Path) -> Path | None:
-    """The most recently written intact ``*.ckpt`` beside ``path`` (tried newest first), or ``None``."""
-    try:
-        candidates = [p for p in path.parent.glob("*.ckpt") if p.is_file() and p.name != path.name]
-    except OSError:
-        return None
-    return next((p for p in sorted(candidates, key=_mtime, reverse=True) if damage(p) is None), None)
-
-
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -115,11 +111,8 @@ def _mtime(path: Path) -> float:
 
 
 def find_last_checkpoint(folder: str | Path) -> Path | None:
-    """The newest ``last*.ckpt`` (by modification time) of the runs in ``folder``, or ``None``.
-
-    ``folder`` may be a checkpoint folder, a run folder (``runs/dcgan_mnist/version_3``), a preset's
-    folder of runs (``runs/dcgan_mnist``) or a folder of presets (``runs``).
-    """
+    """The newest ``last*.ckpt`` in ``folder``: a checkpoint folder, a run (``runs/dcgan_mnist/version_3``),
+    a preset's runs (``runs/dcgan_mnist``) or all presets' (``runs``); ``None`` if there is none."""
     patterns = ("last*.ckpt", "checkpoints/last*.ckpt", "version_*/checkpoints/last*.ckpt",
                 "*/version_*/checkpoints/last*.ckpt")
     found = [path for pattern in patterns for path in Path(folder).glob(pattern) if path.is_file()]
@@ -127,8 +120,8 @@ def find_last_checkpoint(folder: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(spec: str | Path, runs_dir: str | Path = "runs") -> Path:
-    """The checkpoint file ``spec`` stands for: ``last`` (the newest run's under ``runs_dir``), a folder
-    (its newest run's, see :func:`find_last_checkpoint`) or a file, returned as it is.
+    """The checkpoint file ``spec`` stands for: ``last`` (the newest under ``runs_dir``), a folder (see
+    :func:`find_last_checkpoint`) or a file, returned as it is.
 
     Raises:
         CheckpointReadError: ``last`` or a folder without any ``last*.ckpt``.
@@ -150,26 +143,21 @@ def temporary_path(target: Path) -> Path:
 
 
 def sweep_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Removes the temporary files (:func:`temporary_path`) in ``folder`` that no writer has touched for
-    an hour (killed runs' leftovers; a write in flight, even another machine's, is newer); returns them.
-    Other files are never touched."""
+    """Removes and returns the temporaries (:func:`temporary_path`) in ``folder`` untouched for an hour:
+    killed runs' leftovers (a write in flight, even another machine's, is newer). Nothing else is touched."""
     try:
         entries = [e for e in Path(folder).iterdir() if _TEMPORARY.match(e.name)]
     except OSError:
         return []
     removed = []
-    for entry in entries:
-        if time.time() - _mtime(entry) > _ABANDONED_AFTER_S:
-            try:
-                entry.unlink()
-                removed.append(entry)
-            except OSError:  # a concurrent sweep, or no permission: it stays, as it would have anyway
-                pass
+    for entry in (e for e in entries if time.time() - _mtime(e) > _ABANDONED_AFTER_S):
+        with contextlib.suppress(OSError):  # a concurrent sweep, or no permission: it stays
+            entry.unlink()
+            removed.append(entry)
     return removed
 
 
 def _write_error(error: OSError, action: str, target: Path) -> CheckpointWriteError:
-    """One message for every failed write: what, where, why, and the fix."""
     return CheckpointWriteError(
         error.errno if error.errno is not None else errno.EIO,
         f"Could not {action} {target} (in folder {target.parent}): {error.strerror or error}. Free space on that "
@@ -177,9 +165,8 @@ def _write_error(error: OSError, action: str, target: Path) -> CheckpointWriteEr
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the target's folder, flushes it to disk, then renames
-    it over the target, so ``last.ckpt`` is always complete, the previous one or the new one. Reads go
-    through :func:`read_checkpoint`: always ``weights_only=True``, one clear error."""
+    """Writes each checkpoint to a temporary beside its target, flushed to disk, then renamed over it: so
+    ``last.ckpt`` is always complete, old or new. Reads go through :func:`read_checkpoint`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -187,12 +174,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.last_saved_path: Path | None = None  # the newest file this writer completed (rank 0 only)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        """Loads a checkpoint for ``fit/validate --ckpt_path`` (see :func:`read_checkpoint`).
-
-        Raises:
-            CheckpointReadError: the file is missing, damaged or refused.
-            ValueError: ``weights_only=False`` was asked for.
-        """
+        """Loads ``--ckpt_path`` (:func:`read_checkpoint`); a ValueError if ``weights_only=False`` is asked."""
         if weights_only is False:
             raise ValueError("weights_only=False was asked for, but this project loads checkpoints only "
                              "with weights_only=True (nothing in a checkpoint is executed): drop --weights_only")
@@ -202,13 +184,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path, map_location=map_location)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        """Writes ``checkpoint`` to ``path`` atomically; the first write into a folder sweeps the temporaries
-        killed writers left there.
-
-        Raises:
-            CheckpointWriteError: the folder or the file cannot be written (full disk, permissions, file size
-                limit); no partial file is left behind.
-        """
+        """Writes ``checkpoint`` to ``path`` atomically (a CheckpointWriteError leaves no partial file),
+        sweeping stale temporaries at a folder's first write."""
         path = Path(path)
         if "://" in str(path):  # remote storage: fsspec's transaction is the best available
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -238,12 +215,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class GANCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` (same arguments) that never loses the end of an epoch or of the run:
-    ``every_n_train_steps`` and ``train_time_interval`` only add checkpoints to those of every
-    ``every_n_epochs``-th epoch's end (every epoch unless set), and the end of training is saved however
-    it stopped, into ``last.ckpt`` with ``save_last``. A step is saved once (a resumed fit that trains
-    nothing writes nothing), nothing after an exception (unless ``save_on_exception``), and the folder is
-    test-written before training, so an unwritable one stops the run at once.
-    """
+    ``every_n_train_steps``/``train_time_interval`` only add to the saves at every ``every_n_epochs``-th
+    epoch's end (default 1), and the end of training is saved however it stopped (also as ``last.ckpt``
+    with ``save_last``). A step is saved once, nothing after an exception (unless ``save_on_exception``),
+    and the folder is test-written before training, so an unwritable one stops the run at once."""
 
     def __init__(self, every_n_epochs: int | None = None, **kwargs: Any) -> None:
         stepwise = bool(kwargs.get("every_n_train_steps")) or kwargs.get("train_time_interval") is not None
@@ -258,15 +233,26 @@ class GANCheckpoint(ModelCheckpoint):
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
         if stage != "fit" or not self.dirpath or "://" in str(self.dirpath):  # remote storage: not probed
             return
-        # The longest name this run writes (its temporary, with a large epoch and step), so that a name too
-        # long for the file system stops the run now, not after an epoch.
-        longest = Path(self.format_checkpoint_name({"epoch": 10**6, "step": 10**9})).name
-        problem = _check_writable(Path(self.dirpath), longest) if trainer.is_global_zero else None
+        # Probe with the longest name this run writes (a large epoch and step, as a temporary): a name too
+        # long for the file system stops the run now, not after an epoch. A kill leaves the probe to be swept.
+        folder, problem = Path(self.dirpath), None
+        name = Path(self.format_checkpoint_name({"epoch": 10**6, "step": 10**9})).name
+        if trainer.is_global_zero:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                temporary_path(folder / name).write_bytes(b"probe")
+                temporary_path(folder / name).unlink()
+                sweep_stale_temporaries(folder)
+            except OSError as error:
+                problem = (error.errno or errno.EIO, (
+                    f"The checkpoint file name {name} (or the folder {folder}) is too long for the file system: "
+                    "shorten --checkpoint.filename, or the run's folder and logger name")
+                    if error.errno == errno.ENAMETOOLONG else (
+                    f"The checkpoint folder {folder} cannot be written ({error.strerror or error}): fix its "
+                    "permissions or choose another folder with --checkpoint.dirpath"))
         problem = trainer.strategy.broadcast(problem)  # every rank raises, none waits in a collective
         if problem is not None:
             raise CheckpointWriteError(*problem)
-        if trainer.is_global_zero:
-            sweep_stale_temporaries(self.dirpath)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -277,10 +263,12 @@ class GANCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)  # Lightning's own schedule
-        # Lightning calls this hook also when training stops inside an epoch: the end of the run is
-        # saved here, under the epoch's own name (on_train_end sees the epoch counter moved on).
-        every = self.epoch_interval
-        if (every >= 1 and (trainer.current_epoch + 1) % every == 0) or _training_ends_after_this_epoch(trainer):
+        # Lightning calls this hook also when training stops inside an epoch: the end of the run is saved
+        # here, under the epoch's own name (on_train_end sees the epoch counter moved on). A should_stop
+        # ignored for min_epochs or min_steps only adds a save.
+        every, epochs, max_epochs = self.epoch_interval, trainer.current_epoch + 1, trainer.max_epochs
+        if ((every >= 1 and epochs % every == 0) or trainer.should_stop or -1 != trainer.max_steps <= trainer.global_step
+                or max_epochs not in (None, -1) and epochs >= max_epochs):
             self._save_unless_saved(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -288,9 +276,9 @@ class GANCheckpoint(ModelCheckpoint):
         self._save_unless_saved(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """A stop by a signal (``SIGTERMException``, raised at a batch boundary on every rank by
-        :class:`gan_modules.preemption.StopOnSignal` or Lightning; its code is 128 + the signal) saves that exact state as ``last.ckpt``; other exceptions save
-        nothing (unless ``save_on_exception``, as in Lightning)."""
+        """A stop by a signal (``SIGTERMException`` at a batch boundary on every rank, from
+        :class:`gan_modules.preemption.StopOnSignal` or Lightning; code 128 + the signal) saves that exact
+        state as ``last.ckpt``; other exceptions save nothing (unless ``save_on_exception``)."""
         if not isinstance(exception, SIGTERMException):
             return super().on_exception(trainer, pl_module, exception)
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or not self.dirpath:
@@ -319,28 +307,3 @@ class GANCheckpoint(ModelCheckpoint):
         for name in names:
             trainer.save_checkpoint(name)
 
-
-def _training_ends_after_this_epoch(trainer: Trainer) -> bool:
-    """At a train epoch's end: whether the fit loop stops here (a ``should_stop`` ignored for ``min_epochs``
-    or ``min_steps`` only adds a save)."""
-    if trainer.should_stop or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps):
-        return True
-    return trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
-
-
-def _check_writable(folder: Path, name: str) -> tuple[int, str] | None:
-    """Creates ``folder`` and writes and removes a probe file as long as ``name``'s temporary in it;
-    ``(errno, message)`` if that fails."""
-    probe = temporary_path(folder / name)  # a kill leaves it to be swept
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"probe")
-        probe.unlink()
-    except OSError as error:
-        code = error.errno if error.errno is not None else errno.EIO
-        if code == errno.ENAMETOOLONG:
-            return code, (f"The checkpoint file name {name} (or the folder {folder}) is too long for the file "
-                          "system: shorten --checkpoint.filename, or the run's folder and logger name")
-        return code, (f"The checkpoint folder {folder} cannot be written ({error.strerror or error}): fix its "
-                      "permissions or choose another folder with --checkpoint.dirpath")
-    return None

@@ -156,9 +156,9 @@ def _run_version(checkpoint: Path, logger: Namespace | None) -> int | None:
 
 
 def _refresh_progress_bar_at_log_interval(trainer: Namespace) -> None:
-    """Give the trainer a :class:`~gan_modules.callbacks.OneDrawProgressBar` that redraws once every
-    ``log_every_n_steps`` batches, unless the bar is off or the configuration brings its own: Lightning's
-    redraws twice a batch, about 5 % of a small network's CPU step (benchmarks/step_overhead.py)."""
+    """Give the trainer a :class:`~gan_modules.callbacks.OneDrawProgressBar` (the losses shown) that redraws
+    every ``log_every_n_steps`` batches, when they change, unless the bar is off or the configuration brings
+    its own (Lightning's default redraws at every batch)."""
     callbacks = trainer.get("callbacks") or []
     if trainer.get("enable_progress_bar") is False or any(
             str(getattr(c, "class_path", "")).endswith("ProgressBar") for c in callbacks):

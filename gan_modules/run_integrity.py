@@ -1,6 +1,5 @@
-"""What keeps a GAN run honest, beside the algorithm in :mod:`gan_modules.base`, which calls it: the
-finiteness guard (:class:`FiniteGuard`), the strategy check and the one decision whether a checkpoint
-fits a model (:func:`check_checkpoint_fits`). The private Lightning attributes read here are pinned by
+"""What keeps a GAN run honest, called by :mod:`gan_modules.base`: the finiteness guard, the strategy
+check and whether a checkpoint fits a model. Private Lightning attributes read here are pinned by
 tests/test_lightning_internals.py."""
 
 from __future__ import annotations
@@ -20,15 +19,10 @@ _WATCHED = ("train/critic_loss", "train/critic_grad_norm", "train/generator_loss
 _FOLD_AT = 256  # watched losses kept per network before they are folded into one
 
 # Hyperparameters that decide the shapes of the weights, with the flag that sets each.
-_ARCHITECTURE_FLAGS = {
-    "image_shape": "`--data.image_size` (and the data's channels)",
-    "latent_dim": "`--model.latent_dim`",
-    "generator_width": "`--model.generator_width`",
-    "critic_width": "`--model.critic_width`",
-    "critic_norm": "`--model.critic_norm`",
-    "spectral_norm": "`--model.spectral_norm`",
-    "ema_decay": "`--model.ema_decay` (an EMA generator or none)",
-}
+_ARCHITECTURE_FLAGS = {"image_shape": "`--data.image_size` (and the data's channels)",
+                       "ema_decay": "`--model.ema_decay` (an EMA generator or none)",
+                       **{name: f"`--model.{name}`" for name in ("latent_dim", "generator_width", "critic_width",
+                                                                  "critic_norm", "spectral_norm")}}
 
 _ADVICE = ("Lower `--model.lr` (or `--model.critic_lr`/`--model.generator_lr`), or for WGAN-GP check "
            "`--model.gp_weight`.")
@@ -49,26 +43,23 @@ class FiniteGuard:
         self.last_checkpoint: tuple[str, int] | None = None  # ("saved" or "loaded", critic step)
 
     def watch(self, network: str, loss: Tensor) -> None:
-        """Keep this step's loss of ``network`` (``critic`` or ``generator``) for the next check, without a
-        read-back."""
+        """Keep this step's loss of ``network`` (``critic``/``generator``) for the next check, not read back."""
         losses = self.losses.setdefault(f"train/{network}_loss", [])
         losses.append(loss.detach())
         if len(losses) >= _FOLD_AT:  # x * 0 is 0 for a finite x and NaN otherwise: a bounded list
             losses[:] = [torch.stack(losses).float().mul_(0).sum()]
 
     def check_if_due(self, module: LightningModule) -> None:
-        """Check every ``check_finite_every_n_steps`` critic steps (``None``: every ``log_every_n_steps``,
-        when the logs wait for the device anyway)."""
+        """Check every ``check_finite_every_n_steps`` critic steps (``None``: at the logs, which wait anyway)."""
         every = module.hparams.check_finite_every_n_steps
         every = module.trainer.log_every_n_steps if every is None else every
         if every and module.critic_steps % every == 0:
             self.check(module)
 
     def check(self, module: LightningModule) -> None:
-        """Raise on every rank together if any rank saw a non-finite loss since the last check, or a
-        non-finite gradient norm of a network's latest update (one read-back). A non-finite gradient
-        between two checks makes the weights, so the next loss, non-finite. Under a GradScaler a
-        non-finite gradient is its normal signal to skip a step: only the losses are watched."""
+        """Raise on every rank together if any rank saw a non-finite loss since the last check or gradient
+        norm of a network's latest update (one read-back; a non-finite gradient in between makes the next
+        loss non-finite). Under a GradScaler, where that is the signal to skip a step, only losses count."""
         trainer = module.trainer
         scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
         norms = {} if scaled else {f"train/{name}": norm for name, norm in module.gradient_norms().items()}
@@ -94,13 +85,19 @@ class FiniteGuard:
                     f"checkpoint was written after it. {self._last_good(module)} {_ADVICE}")
 
     def check_state(self, module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Before a save while fitting: run :meth:`check`, then refuse weights, buffers or optimiser states
-        holding NaN or infinity (one ``isfinite`` per tensor on the device, one read-back, the verdict
-        reduced over the ranks, whose batch-norm buffers differ)."""
+        """Before a save while fitting: run :meth:`check`, then refuse non-finite weights, buffers or optimiser
+        states (one read-back; reduced over the ranks, whose batch-norm buffers differ), naming this rank's
+        first, else another's."""
         trainer = attached_trainer(module)
         if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
             self.check(module)
-            where = _nonfinite_tensor(module, checkpoint)
+            named = _float_tensors(checkpoint) or [("", torch.zeros(()))]  # a stack of at least one
+            finite = torch.stack([torch.isfinite(t).all().to(module.device) for _, t in named])
+            bad = (~finite).float()
+            if trainer.world_size > 1:
+                bad = trainer.strategy.reduce(bad, reduce_op="max")
+            local = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+            where = (local or [name for (name, _), is_bad in zip(named, bad.tolist()) if is_bad] or [None])[0]
             if where is not None:
                 raise FloatingPointError(
                     f"The state to be checkpointed at critic step {module.critic_steps} (epoch "
@@ -113,7 +110,7 @@ class FiniteGuard:
         self.last_checkpoint, self.checked_through = ("loaded", critic_steps), critic_steps
 
     def _last_good(self, module: LightningModule) -> str:
-        """Which checkpoint holds a good state: the newest one saved or loaded (each was checked)."""
+        """Which checkpoint holds a good state: the newest saved or loaded (each was checked)."""
         trainer = attached_trainer(module)
         if self.last_checkpoint is None:
             return ("No checkpoint was written before it, so there is no good state to resume from: "
@@ -138,21 +135,6 @@ def _float_tensors(checkpoint: dict[str, Any]) -> list[tuple[str, Tensor]]:
     return [(name, t) for name, t in named if isinstance(t, Tensor) and t.is_floating_point() and t.numel()]
 
 
-def _nonfinite_tensor(module: LightningModule, checkpoint: dict[str, Any]) -> str | None:
-    """The name of a weight, buffer or optimiser state in ``checkpoint`` that holds NaN or infinity on any
-    rank (this rank's first, else another's), or ``None``."""
-    named = _float_tensors(checkpoint)
-    if not named:
-        return None
-    finite = torch.stack([torch.isfinite(t).all().to(module.device) for _, t in named])
-    bad = (~finite).float()
-    if module.trainer.world_size > 1:
-        bad = module.trainer.strategy.reduce(bad, reduce_op="max")
-    local = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
-    anywhere = [name for (name, _), is_bad in zip(named, bad.tolist()) if is_bad]
-    return (local or anywhere or [None])[0]
-
-
 def attached_trainer(module: LightningModule) -> Any | None:
     """The Trainer ``module`` is attached to, or ``None`` (Lightning raises a RuntimeError then)."""
     try:
@@ -162,37 +144,27 @@ def attached_trainer(module: LightningModule) -> Any | None:
 
 
 def check_strategy(strategy: Any) -> None:
-    """Raise a clear error for a strategy the GAN modules cannot train with (two optimisers, manual
-    optimisation, counters kept in the module)."""
+    """Raise a clear error for a strategy the GAN modules (two optimisers, manual optimisation) cannot use."""
+    problem = None
     if isinstance(strategy, DDPStrategy):
         if getattr(strategy, "_start_method", "popen") != "popen":
-            raise ValueError(
-                advice(f"DDP with processes started by {strategy._start_method} (ddp_spawn, ddp_fork, ddp_notebook) is not "
-                f"supported: it hands the run back to the first process by pickling, and only the weights "
-                f"come back. Use `--trainer.strategy ddp_find_unused_parameters_true`, which starts one process "
-                f"per device as a script (or launch with torchrun or SLURM).")
-            )
-        kwargs = strategy._ddp_kwargs
-        if not kwargs.get("find_unused_parameters", False) or kwargs.get("static_graph", False):
-            raise ValueError(
-                advice("DDP must detect unused parameters to train a GAN: each of the two optimiser steps "
-                "leaves the other network without gradients. Use `--trainer.strategy "
-                "ddp_find_unused_parameters_true` (as configs/trainer/ddp.yaml does), or the "
-                "strategy's `find_unused_parameters: true` without `static_graph`.")
-            )
-        if strategy._layer_sync is not None and strategy.root_device.type != "cuda":
-            raise ValueError(
-                advice("`--trainer.sync_batchnorm true` needs GPUs (torch's SyncBatchNorm runs on CUDA only): "
-                "drop it on CPUs, where batch-norm statistics then stay per device.")
-            )
+            problem = (f"DDP with processes started by {strategy._start_method} (ddp_spawn, ddp_fork, ddp_notebook) "
+                       "is not supported: it hands the run back to the first process by pickling, and only the "
+                       "weights come back. Use `--trainer.strategy ddp_find_unused_parameters_true`, which starts "
+                       "one process per device as a script (or launch with torchrun or SLURM).")
+        elif not strategy._ddp_kwargs.get("find_unused_parameters", False) or strategy._ddp_kwargs.get("static_graph"):
+            problem = ("DDP must detect unused parameters to train a GAN: each of the two optimiser steps leaves the "
+                       "other network without gradients. Use `--trainer.strategy ddp_find_unused_parameters_true` "
+                       "(as configs/trainer/ddp.yaml does), or the strategy's `find_unused_parameters: true` "
+                       "without `static_graph`.")
+        elif strategy._layer_sync is not None and strategy.root_device.type != "cuda":
+            problem = ("`--trainer.sync_batchnorm true` needs GPUs (torch's SyncBatchNorm runs on CUDA only): drop "
+                       "it on CPUs, where batch-norm statistics then stay per device.")
     elif not isinstance(strategy, SingleDeviceStrategy):
-        raise ValueError(
-            advice(f"{type(strategy).__name__} is not supported by the GAN modules (two optimisers, manual "
-            f"optimisation): use one device or `--trainer.strategy ddp_find_unused_parameters_true`.")
-        )
-
-
-# --- does a checkpoint fit this model? -----------------------------------------------------------
+        problem = (f"{type(strategy).__name__} is not supported by the GAN modules (two optimisers, manual "
+                   "optimisation): use one device or `--trainer.strategy ddp_find_unused_parameters_true`.")
+    if problem is not None:
+        raise ValueError(advice(problem))
 
 
 def saved_model_class(checkpoint: dict[str, Any]) -> str | None:
@@ -205,37 +177,36 @@ def saved_model_class(checkpoint: dict[str, Any]) -> str | None:
 def refuse_another_model(checkpoint: dict[str, Any], expected: str, source: str = "") -> None:
     """Raise a :class:`CheckpointMismatchError` unless the class named ``expected`` wrote ``checkpoint``."""
     found = saved_model_class(checkpoint)
-    if found != expected:
-        raise mismatch_error(found, expected, source)
-
-
-def mismatch_error(found: str | None, expected: str, source: str = "") -> CheckpointMismatchError:
-    """The error for a checkpoint of model class ``found`` (``None``: not this project's) given to ``expected``."""
     if found is None:
-        return CheckpointMismatchError(
+        raise CheckpointMismatchError(
             advice(f"The checkpoint{source} was not written by this project's GAN modules: pass `--ckpt_path` a "
             f"checkpoint written by `train.py fit`, or start a new run without it."))
-    return CheckpointMismatchError(
-        advice(f"The checkpoint{source} holds {found}, not {expected}: load it with the model class that wrote it "
-        f"(`--model {found}`, or its preset), or start a new run without `--ckpt_path`."))
+    if found != expected:
+        raise CheckpointMismatchError(
+            advice(f"The checkpoint{source} holds {found}, not {expected}: load it with the model class that wrote "
+            f"it (`--model {found}`, or its preset), or start a new run without `--ckpt_path`."))
+
+
+def refuse_nonfinite_weights(checkpoint: dict[str, Any], source: str = "") -> None:
+    """Raise a :class:`CheckpointMismatchError` naming a non-finite tensor in ``checkpoint`` (written before
+    the guard existed, or by hand: it would train, score or sample NaN)."""
+    bad = next((name for name, tensor in _float_tensors(checkpoint) if not torch.isfinite(tensor).all()), None)
+    if bad is not None:
+        raise CheckpointMismatchError(
+            f"The checkpoint{source} holds a non-finite value ({bad}): it cannot be continued, validated or "
+            f"sampled. Pass an earlier checkpoint (an epoch=*.ckpt beside it) to `--ckpt_path`, or train anew.")
 
 
 def check_checkpoint_fits(module: LightningModule, checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """Refuse a checkpoint of another model class or of other layer shapes, and make the configured
-    optimiser settings replace the saved ones (the configuration decides the model); returns the
-    checkpoint's ``gan_state``."""
+    """Refuse a checkpoint of another model class, other layer shapes or non-finite values; make the
+    configured optimiser settings replace the saved ones; return its ``gan_state``."""
     trainer = attached_trainer(module)
     source = f" {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else ""
     refuse_another_model(checkpoint, type(module).__name__, source)
     if not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointMismatchError(f"The checkpoint{source} holds no state_dict (no weights): it is damaged; pass "
                                       "another file to `--ckpt_path`, or start a new run without it.")
-    # Written before the guard existed, or by hand: the weights would train or score NaN (a CPU check).
-    bad = next((name for name, tensor in _float_tensors(checkpoint) if not torch.isfinite(tensor).all()), None)
-    if bad is not None:
-        raise CheckpointMismatchError(
-            f"The checkpoint{source} holds a non-finite value ({bad}): it cannot be continued or validated. "
-            f"Pass an earlier checkpoint (an epoch=*.ckpt beside it) to `--ckpt_path`, or start a new run without it.")
+    refuse_nonfinite_weights(checkpoint, source)
     saved = checkpoint.get("hyper_parameters", {})
     for name, flag in _ARCHITECTURE_FLAGS.items():
         if name not in saved or name not in module.hparams:
@@ -256,9 +227,9 @@ def check_checkpoint_fits(module: LightningModule, checkpoint: dict[str, Any]) -
 
 
 def _prefer_configured_optimizer_settings(module: LightningModule, checkpoint: dict[str, Any], source: str) -> None:
-    """The configured optimiser settings replace the saved ones Lightning would restore (`--model.lr`
-    wins on a resumed run; the moments stay). Under a schedule a group keeps its place in it: its saved
-    rate is rescaled by configured / saved initial rate, and the schedulers take the configured length."""
+    """The configured optimiser settings replace the saved ones (`--model.lr` wins on a resume; the moments
+    stay). Under a schedule a group keeps its place: its saved rate is rescaled by configured / saved
+    initial rate, and the schedulers take the configured length."""
     saved_states = checkpoint.get("optimizer_states")
     if not saved_states:
         return
@@ -269,7 +240,7 @@ def _prefer_configured_optimizer_settings(module: LightningModule, checkpoint: d
         raise CheckpointMismatchError(
             advice(f"The checkpoint{source} was trained without a learning-rate schedule, so it has no place in one: "
             f"continue it with `--model.lr_schedule none`, or start a new run with `--model.lr_schedule linear`."))
-    if schedulers:
+    elif schedulers:
         done, length = saved_schedulers[0].get("last_epoch", 0), saved_schedulers[0].get("total_iters", 0)
         if done >= length and schedulers[0].total_iters > done:
             raise CheckpointMismatchError(
@@ -283,11 +254,8 @@ def _prefer_configured_optimizer_settings(module: LightningModule, checkpoint: d
             rate = group["lr"]  # without a schedule: the configured rate
             if scheduled and "initial_lr" in saved_group:
                 rate = saved_group["lr"] * group["lr"] / saved_group["initial_lr"]
-            saved_group.update({key: value for key, value in group.items() if key != "params"})
-            saved_group["lr"] = rate
+            saved_group.update({key: value for key, value in group.items() if key != "params"}, lr=rate)
         if scheduled and index < len(saved_schedulers):
             saved_schedulers[index].update(  # keys of torch's LRScheduler.state_dict (pinned by a test)
-                base_lrs=list(schedulers[index].base_lrs),
-                _last_lr=[group["lr"] for group in saved["param_groups"]],
-                total_iters=schedulers[index].total_iters,
-            )
+                base_lrs=list(schedulers[index].base_lrs), total_iters=schedulers[index].total_iters,
+                _last_lr=[group["lr"] for group in saved["param_groups"]])

@@ -1,5 +1,4 @@
-"""Writing samples from a checkpoint: the work behind ``python train.py sample``, whose arguments
-train.py parses and checks."""
+"""Writing samples from a checkpoint: the work behind ``python train.py sample``."""
 
 from __future__ import annotations
 
@@ -16,16 +15,14 @@ from tqdm import tqdm
 from gan_modules.base import GANModule
 from gan_modules.callbacks import image_grid
 from gan_modules.checkpoint_io import read_checkpoint, temporary_path
-from gan_modules.run_integrity import saved_model_class
+from gan_modules.run_integrity import refuse_nonfinite_weights, saved_model_class
 from gan_modules.flags import advice
 
 
 def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") -> GANModule:
-    """Load a DCGAN, WGANGP or WGAN checkpoint, reading the file once with ``weights_only=True``.
-
-    The class is the one of ``gan_modules.__all__`` named in the checkpoint's ``gan_state``; nothing
-    the checkpoint names is imported, and hyperparameters that are not arguments of that class
-    (LightningCLI's ``_class_path``, ``_instantiator``) are dropped.
+    """Load a DCGAN, WGANGP or WGAN checkpoint, reading the file once with ``weights_only=True``. The class
+    is the one of ``gan_modules.__all__`` its ``gan_state`` names (nothing it names is imported);
+    hyperparameters that are not arguments of that class (LightningCLI's ``_class_path``) are dropped.
 
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
@@ -43,11 +40,7 @@ def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") 
     if name not in gan_modules.__all__ or not isinstance(state_dict, dict):
         raise ValueError(advice(f"{path} was not written by this project's GAN modules (found model {name!r}): "
                          f"pass `--ckpt_path` a checkpoint written by `train.py fit`."))
-    bad_key = next((key for key, value in state_dict.items() if isinstance(value, torch.Tensor)  # EMA's too
-                    and value.is_floating_point() and not torch.isfinite(value).all()), None)
-    if bad_key is not None:
-        raise ValueError(advice(f"{path} holds non-finite values in `{bad_key}` (training had diverged when it was "
-                         f"saved): pass `--ckpt_path` an earlier checkpoint, e.g. an epoch=...ckpt in {path.parent}."))
+    refuse_nonfinite_weights(checkpoint, f" {path}")  # the EMA generator's too
     cls = getattr(gan_modules, name)
     hyperparameters = checkpoint.get("hyper_parameters")
     hyperparameters = hyperparameters if isinstance(hyperparameters, dict) else {}
@@ -92,12 +85,9 @@ def output_problem(output: str | Path) -> str | None:
 def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: int = 0, nrow: int = 8,
                   batch_size: int = 256) -> Path:
     """Write ``num_samples`` images as a uint8 (N, C, H, W) tensor file and a PNG grid of the first
-    ``nrow * nrow`` beside it; both are renamed into place only when both are complete, so a failed write
-    leaves neither half-written. The generator runs on ``batch_size`` images at a time, so its memory
-    does not grow with ``num_samples``; long runs show a progress bar.
-
-    Returns:
-        The path of the PNG grid.
+    ``nrow * nrow`` beside it, and return the grid's path. Both are renamed into place only when both are
+    complete. The generator runs ``batch_size`` images at a time, so its memory does not grow with
+    ``num_samples``.
 
     Raises:
         OSError: a file could not be written; the message names it.

@@ -182,59 +182,6 @@ def test_the_progress_bar_redraws_at_the_log_interval_unless_configured() -> Non
     assert cli([*preset, "--trainer.enable_progress_bar", "false"]).trainer.progress_bar_callback is None
     own = '{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 3}}'
     assert cli([*preset, f"--trainer.callbacks+={own}"]).trainer.progress_bar_callback.refresh_rate == 3
-    own = '{"class_path": "gan_modules.callbacks.OneDrawProgressBar", "init_args": {"min_interval": 0}}'
-    bar = cli([*preset, f"--trainer.callbacks+={own}"]).trainer.progress_bar_callback
-    assert (bar.refresh_rate, bar.min_interval) == (1, 0)
-    assert cli(preset).trainer.progress_bar_callback.min_interval == 0.25  # the default bar's
-
-
-@pytest.mark.parametrize("bar_class, draws_per_update", [("TQDMProgressBar", 2), ("OneDrawProgressBar", 1)])
-def test_the_default_bar_draws_the_line_once_per_update(bar_class, draws_per_update, monkeypatch) -> None:
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import TQDMProgressBar
-    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from gan_modules.callbacks import OneDrawProgressBar
-
-    draws: list[tuple[str, int]] = []
-    refresh = Tqdm.refresh
-    monkeypatch.setattr(Tqdm, "refresh", lambda bar, *a, **k: (draws.append((bar.desc, bar.n)), refresh(bar, *a, **k))[1])
-    bar = TQDMProgressBar(refresh_rate=2) if bar_class == "TQDMProgressBar" else OneDrawProgressBar(2, min_interval=0)
-    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                      enable_model_summary=False, callbacks=[bar])
-    images = torch.rand(24, 1, 16, 16) * 2 - 1
-    trainer.fit(gan_modules.DCGAN(image_shape=(1, 16, 16), latent_dim=8, generator_width=4, critic_width=4),
-                DataLoader(TensorDataset(images), batch_size=4))
-    counts = [n for desc, n in draws if desc.startswith("Epoch")]
-    assert (counts.count(2), counts.count(4)) == (draws_per_update, draws_per_update), counts
-
-
-def test_the_default_bar_draws_at_most_every_min_interval_and_keeps_the_count(monkeypatch) -> None:
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
-    from torch.utils.data import DataLoader, TensorDataset
-
-    import gan_modules.callbacks as callbacks
-
-    clock = iter(range(1000))
-    monkeypatch.setattr(callbacks, "_monotonic", lambda: 0.5 * next(clock))  # half a second per reading
-    draws = []
-    refresh = Tqdm.refresh
-    monkeypatch.setattr(Tqdm, "refresh", lambda bar, *a, **k: (draws.append((bar.desc, bar.n)), refresh(bar, *a, **k))[1])
-    bar = callbacks.OneDrawProgressBar(refresh_rate=1, min_interval=1.0)
-    # 10 batches an epoch; DCGAN steps twice per batch, so max_steps 11 stops the run after batch 6.
-    trainer = Trainer(accelerator="cpu", max_steps=11, logger=False, enable_checkpointing=False,
-                      enable_model_summary=False, limit_val_batches=0, callbacks=[bar])
-    images = torch.rand(40, 1, 16, 16) * 2 - 1
-    trainer.fit(gan_modules.DCGAN(image_shape=(1, 16, 16), latent_dim=8, generator_width=4, critic_width=4),
-                DataLoader(TensorDataset(images), batch_size=4))
-    # The clock is read to decide and again after a draw: the bar draws at batches 1, 3 and 5, a second
-    # apart, and the epoch's closing line shows the batch the run stopped at, 6, not the last drawn.
-    assert [n for desc, n in draws if desc.startswith("Epoch") and n] == [1, 3, 5, 6], draws
-    for bad in (-1, float("nan"), 2.0):  # 2.0: over max_interval's 1.0
-        with pytest.raises(ValueError, match=f"needs 0 <= min_interval <= max_interval seconds, got {bad} and 1.0"):
-            callbacks.OneDrawProgressBar(min_interval=bad)
 
 
 def test_fid_switched_off_is_not_among_the_trainers_callbacks() -> None:
