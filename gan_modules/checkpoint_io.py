@@ -170,7 +170,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def __init__(self) -> None:
         super().__init__()
-        self._swept: set[Path] = set()
         self.last_saved_path: Path | None = None  # the newest file this writer completed (rank 0 only)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
@@ -184,8 +183,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path, map_location=map_location)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        """Writes ``checkpoint`` to ``path`` atomically (a CheckpointWriteError leaves no partial file),
-        sweeping stale temporaries at a folder's first write."""
+        """Writes ``checkpoint`` to ``path`` atomically (a CheckpointWriteError leaves no partial file);
+        :class:`GANCheckpoint` sweeps what killed writers left when a fit starts."""
         path = Path(path)
         if "://" in str(path):  # remote storage: fsspec's transaction is the best available
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -193,9 +192,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise _write_error(error, "create the folder for checkpoint", path) from error
-        if path.parent not in self._swept:
-            sweep_stale_temporaries(path.parent)
-            self._swept.add(path.parent)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         temporary = temporary_path(path)
@@ -271,10 +267,6 @@ class GANCheckpoint(ModelCheckpoint):
                 or max_epochs not in (None, -1) and epochs >= max_epochs):
             self._save_unless_saved(trainer)
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # A safety net only; Lightning's own on_train_end rewrites last.ckpt whenever it saved none itself.
-        self._save_unless_saved(trainer)
-
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """A stop by a signal (``SIGTERMException`` at a batch boundary on every rank, from
         :class:`gan_modules.preemption.StopOnSignal` or Lightning; code 128 + the signal) saves that exact
@@ -285,7 +277,7 @@ class GANCheckpoint(ModelCheckpoint):
             return None
         path = self.format_checkpoint_name(self._metrics(trainer), self.CHECKPOINT_NAME_LAST)
         if self._saved_step != trainer.global_step or not self.save_last:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, self.save_weights_only)
         code = exception.code if isinstance(exception.code, int) and exception.code > 128 else 128 + signal.SIGTERM
         rank_zero_info(f"Stopped by {signal.Signals(code - 128).name} after critic step {getattr(pl_module, 'critic_steps', '?')}: the exact "
                        f"state is saved in {path}; continue with `--ckpt_path last` (or that file).")
@@ -305,5 +297,5 @@ class GANCheckpoint(ModelCheckpoint):
         if self.save_last:
             names.append(self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST))
         for name in names:
-            trainer.save_checkpoint(name)
+            trainer.save_checkpoint(name, self.save_weights_only)
 

@@ -86,18 +86,15 @@ class FiniteGuard:
 
     def check_state(self, module: LightningModule, checkpoint: dict[str, Any]) -> None:
         """Before a save while fitting: run :meth:`check`, then refuse non-finite weights, buffers or optimiser
-        states (one read-back; reduced over the ranks, whose batch-norm buffers differ), naming this rank's
-        first, else another's."""
+        states (one read-back; reduced over the ranks, whose batch-norm buffers differ), naming the first."""
         trainer = attached_trainer(module)
         if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
             self.check(module)
             named = _float_tensors(checkpoint) or [("", torch.zeros(()))]  # a stack of at least one
-            finite = torch.stack([torch.isfinite(t).all().to(module.device) for _, t in named])
-            bad = (~finite).float()
+            bad = torch.stack([torch.isfinite(t).all().logical_not().to(module.device) for _, t in named]).float()
             if trainer.world_size > 1:
                 bad = trainer.strategy.reduce(bad, reduce_op="max")
-            local = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
-            where = (local or [name for (name, _), is_bad in zip(named, bad.tolist()) if is_bad] or [None])[0]
+            where = next((name for (name, _), is_bad in zip(named, bad.tolist()) if is_bad), None)
             if where is not None:
                 raise FloatingPointError(
                     f"The state to be checkpointed at critic step {module.critic_steps} (epoch "
@@ -111,19 +108,15 @@ class FiniteGuard:
 
     def _last_good(self, module: LightningModule) -> str:
         """Which checkpoint holds a good state: the newest saved or loaded (each was checked)."""
-        trainer = attached_trainer(module)
         if self.last_checkpoint is None:
             return ("No checkpoint was written before it, so there is no good state to resume from: "
                     "start again without `--ckpt_path`.")
         how, step = self.last_checkpoint
-        if how == "loaded":
-            path = trainer.ckpt_path if trainer is not None else None
-            return (f"No checkpoint was written after the one this run resumed from ({path}, critic step {step}), "
-                    f"which holds a finite state: resume from it again with `--ckpt_path {path}`.")
-        path = getattr(trainer.strategy.checkpoint_io, "last_saved_path", None) if trainer is not None else None
-        where = f" ({path})" if path else ""  # only rank 0 writes, so only rank 0 knows the file
-        return (f"The newest checkpoint{where}, from critic step {step}, holds a finite state: resume from it with "
-                f"`--ckpt_path {path or 'last'}`.")
+        trainer = attached_trainer(module)
+        path = (None if trainer is None else trainer.ckpt_path if how == "loaded"
+                else getattr(trainer.strategy.checkpoint_io, "last_saved_path", None))  # known to rank 0 only
+        return (f"The newest checkpoint{f' ({path})' if path else ''}, from critic step {step}, holds a finite state: "
+                f"resume from it with `--ckpt_path {path or 'last'}`.")
 
 
 def _float_tensors(checkpoint: dict[str, Any]) -> list[tuple[str, Tensor]]:

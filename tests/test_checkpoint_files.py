@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
 from pathlib import Path
@@ -243,12 +244,6 @@ def test_temporaries_untouched_for_an_hour_are_swept_and_nothing_else(tmp_path: 
     assert sorted(tmp_path.iterdir()) == sorted(kept)
 
 
-def test_the_first_write_into_a_folder_sweeps_what_a_killed_writer_left(tmp_path: Path) -> None:
-    stale = _age(tmp_path / ".last.ckpt.123.tmp", 2 * 3600)
-    AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
-    assert not stale.exists() and (tmp_path / "last.ckpt").exists()
-
-
 # --- GANCheckpoint: writable folder, end of every epoch and of the run ----------------------------
 
 
@@ -296,6 +291,22 @@ def test_setup_sweeps_stale_temporaries_and_leaves_no_probe(mnist_dir: Path, tmp
     with pytest.raises(RuntimeError, match="crash"):  # stops at the first batch: only setup has run
         _fit(mnist_dir, GANCheckpoint(dirpath=tmp_path / "ckpt", save_last=True), Record(crash_at_batch=0))
     assert list((tmp_path / "ckpt").iterdir()) == []
+
+
+def test_saves_say_nothing_on_the_console(mnist_dir: Path, tmp_path: Path) -> None:
+    # Each of GANCheckpoint's own saves (here the epochs' ends, next to the steps') logged "`weights_only` was
+    # not set, defaulting to `False`" on the console.
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("lightning.pytorch").addHandler(handler)
+    try:
+        _fit(mnist_dir, GANCheckpoint(dirpath=tmp_path, every_n_train_steps=10, save_last=True, save_top_k=-1),
+             Record(), max_epochs=2)
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(handler)
+    assert {"epoch=0-step=16.ckpt", "epoch=1-step=32.ckpt", "last.ckpt"} <= {p.name for p in tmp_path.glob("*.ckpt")}
+    assert [r.getMessage() for r in records if "weights_only" in r.getMessage()] == []
 
 
 def _saved_state(path: Path) -> tuple[int, int]:
