@@ -218,6 +218,9 @@ class GANCheckpoint(ModelCheckpoint):
 
     def __init__(self, every_n_epochs: int | None = None, **kwargs: Any) -> None:
         stepwise = bool(kwargs.get("every_n_train_steps")) or kwargs.get("train_time_interval") is not None
+        # At the end of the training epoch unless told otherwise, not after validation: with validation every
+        # 10 epochs Lightning would otherwise save every 10th epoch, and this class the rest by itself.
+        kwargs["save_on_train_epoch_end"] = kwargs.get("save_on_train_epoch_end") is not False
         super().__init__(every_n_epochs=None if stepwise else every_n_epochs, **kwargs)
         self.epoch_interval = 1 if every_n_epochs is None else every_n_epochs
         self._saved_step: int | None = None  # global step of the newest save (or of the resumed state)
@@ -267,6 +270,11 @@ class GANCheckpoint(ModelCheckpoint):
                 or max_epochs not in (None, -1) and epochs >= max_epochs):
             self._save_unless_saved(trainer)
 
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Instead of Lightning's, which writes last.ckpt (or a last-v1.ckpt beside it) again in a continued fit
+        # that trained nothing; the end of a fit that trained is saved by on_train_epoch_end already.
+        self._save_unless_saved(trainer)
+
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """A stop by a signal (``SIGTERMException`` at a batch boundary on every rank, from
         :class:`gan_modules.preemption.StopOnSignal` or Lightning; code 128 + the signal) saves that exact
@@ -293,9 +301,14 @@ class GANCheckpoint(ModelCheckpoint):
                 or trainer.sanity_checking or trainer.fast_dev_run):
             return
         metrics = self._metrics(trainer)
-        names = [self.format_checkpoint_name(metrics)] if self.save_top_k else []
-        if self.save_last:
-            names.append(self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST))
-        for name in names:
-            trainer.save_checkpoint(name, self.save_weights_only)
+        if self.save_top_k:
+            path = self.format_checkpoint_name(metrics)
+            trainer.save_checkpoint(path, self.save_weights_only)
+            if self.monitor is None:  # as Lightning's own saves: save_top_k 1 keeps the newest only
+                previous, self.best_model_path = self.best_model_path, path
+                if self.save_top_k == 1 and previous and previous != path:
+                    trainer.strategy.remove_checkpoint(previous)
+        if self.save_last:  # Lightning's next save_last overwrites the file it knows, not a last-v1.ckpt beside it
+            self.last_model_path = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST)
+            trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
 

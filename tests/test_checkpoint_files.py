@@ -309,6 +309,15 @@ def test_saves_say_nothing_on_the_console(mnist_dir: Path, tmp_path: Path) -> No
     assert [r.getMessage() for r in records if "weights_only" in r.getMessage()] == []
 
 
+def test_saves_of_its_own_keep_to_save_top_k_and_one_last_ckpt(mnist_dir: Path, tmp_path: Path) -> None:
+    # The epochs' ends next to the steps' are this class's own saves: they used to pile up (every epoch's file
+    # kept) and made Lightning write last-v1.ckpt beside the last.ckpt it did not know.
+    folder = tmp_path / "ckpt"
+    _fit(mnist_dir, GANCheckpoint(dirpath=folder, every_n_train_steps=5, save_last=True), Record(), max_epochs=3)
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=2-step=48.ckpt", "last.ckpt"]
+    assert _saved_state(folder / "last.ckpt") == (48, 24)
+
+
 def _saved_state(path: Path) -> tuple[int, int]:
     checkpoint = torch.load(path, weights_only=True)
     return checkpoint["global_step"], checkpoint["gan_state"]["critic_steps"]
