@@ -49,10 +49,7 @@ class CelebADataModule(ImageFilesDataModule):
         super().__init__(data_dir=data_dir, crop=crop, **kwargs)
         self.split = split
         self.download = download
-
-    @property
-    def _roots(self) -> list[Path]:
-        return [Path(self.data_dir) / "celeba", Path(self.data_dir)]
+        self._roots = [Path(data_dir) / "celeba", Path(data_dir)]
 
     def _archive(self) -> Path | None:
         return next((root / _ZIP for root in self._roots if (root / _ZIP).is_file()), None)
@@ -75,8 +72,8 @@ class CelebADataModule(ImageFilesDataModule):
                 CelebA(self.data_dir, split="all", target_type=[], download=True)
             except Exception as error:  # no network, gdown missing, a quota page, a checksum mismatch ...
                 archive = Path(self.data_dir) / "celeba" / _ZIP
-                if archive.is_file() and _html_error(archive):
-                    raise _html_error(archive) from error
+                if archive.is_file() and (html_error := _html_error(archive)):
+                    raise html_error from error
                 raise self._missing_error(f"the download failed: {type(error).__name__}: {error}") from error
         super().prepare_data()
 

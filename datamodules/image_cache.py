@@ -69,7 +69,7 @@ def to_8_bit(image: Image.Image) -> Image.Image:
     low, high = (pixels.min(), pixels.max()) if pixels.size else (0, 0)
     if image.mode.startswith("I;16") or (image.mode == "I" and 0 <= low and high <= 65535):
         return Image.fromarray((pixels >> 8).astype(np.uint8), mode="L")
-    if image.mode == "F" and np.isfinite(pixels).all() and 0 <= low and high <= 255:
+    if image.mode == "F" and 0 <= low and high <= 255:  # False for NaN and infinities too
         scaled = pixels * 255 if high <= 1 else pixels
         return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
     kind = "32-bit integer" if image.mode == "I" else "32-bit float"
@@ -89,17 +89,15 @@ def load_image(path: str | Path, crop: Crop, size: int, channels: int) -> Tensor
     tensor = TF.pil_to_tensor(image)  # (C, H, W) uint8
     side = min(CROP_SIDES.get(crop, tensor.shape[-1]), *tensor.shape[-2:])
     tensor = TF.center_crop(tensor, [side, side])
-    if side != size:
-        tensor = TF.resize(tensor, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    return tensor
+    return TF.resize(tensor, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
 
 
-def report_unreadable(unreadable: dict[str, str], total: int, folder: Path, strict: bool, shown: int = 5) -> None:
-    """Warn once, naming the first ``shown`` unreadable files (skipped); raise if ``strict`` or if none is left."""
+def report_unreadable(unreadable: dict[str, str], total: int, folder: Path, strict: bool) -> None:
+    """Warn once, naming the first 5 unreadable files (skipped); raise if ``strict`` or if none is left."""
     if not unreadable:
         return
-    names = "; ".join(f"{name} ({why})" for name, why in list(unreadable.items())[:shown])
-    more = f"; and {len(unreadable) - shown} more" if len(unreadable) > shown else ""
+    names = "; ".join(f"{name} ({why})" for name, why in list(unreadable.items())[:5])
+    more = f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
     message = (f"{len(unreadable)} of {total} images in {folder} cannot be read (corrupt, truncated or not images): "
                f"{names}{more}.")
     if len(unreadable) == total:
@@ -230,6 +228,8 @@ class CachedImageDataset(Dataset):
     pickle it); items are ``(image in [-1, 1], label 0)``. :meth:`__getitems__` reads a batch's rows in one
     sorted gather (forward on disk; every loss here ignores the order within a batch)."""
 
+    CHUNK = 4096  # rows per copy in :meth:`to`: 48 MiB at 64 px RGB
+
     def __init__(self, array_path: Path, rows: list[int]) -> None:
         self.array_path = array_path
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -258,12 +258,9 @@ class CachedImageDataset(Dataset):
         """These rows read once into one uint8 tensor on ``device``, whose batches equal this dataset's; filled
         in chunks, so the host never holds more than a chunk of it (unless ``device`` is the CPU)."""
         images = torch.empty((len(self.rows), *self.array.shape[1:]), dtype=torch.uint8, device=device)
-        for start in range(0, len(self.rows), _CHUNK):
-            images[start:start + _CHUNK] = torch.from_numpy(self.array[self.rows[start:start + _CHUNK]])
+        for start in range(0, len(self.rows), self.CHUNK):
+            images[start:start + self.CHUNK] = torch.from_numpy(self.array[self.rows[start:start + self.CHUNK]])
         return UInt8ImageDataset(images, batch_order=self.rows)  # a batch in the memmap's order, by row
-
-
-_CHUNK = 4096  # rows per copy of CachedImageDataset.to: 48 MiB at 64 px RGB
 
 
 @dataclass
@@ -314,20 +311,18 @@ class ImageFilesDataModule(ImageDataModule):
             self._cache(self.image_list())
 
     def load_splits(self) -> tuple[Dataset, Dataset]:
-        train, val = self._splits()
-        return (MirroredDataset(train) if self.hflip else train), val
-
-    def _splits(self) -> tuple[Dataset, Dataset]:
         images = self.image_list()
         if self.cache:
             cache = self._cache(images)  # built by prepare_data; here only when that did not run
             report_unreadable(cache.unreadable, len(images.files), images.root, self.strict)
             readable = [name not in cache.unreadable for name in images.files]
-            return (CachedImageDataset(cache.array_path, [row for row in images.train if readable[row]]),
-                    CachedImageDataset(cache.array_path, [row for row in images.val if readable[row]]))
-        settings = dict(crop=self.crop, size=self.image_size, channels=self.channels, strict=self.strict)
-        return (ImageFileDataset(images.root, [images.files[i] for i in images.train], **settings),
-                ImageFileDataset(images.root, [images.files[i] for i in images.val], **settings))
+            train, val = (CachedImageDataset(cache.array_path, [row for row in rows if readable[row]])
+                          for rows in (images.train, images.val))
+        else:
+            settings = dict(crop=self.crop, size=self.image_size, channels=self.channels, strict=self.strict)
+            train, val = (ImageFileDataset(images.root, [images.files[row] for row in rows], **settings)
+                          for rows in (images.train, images.val))
+        return (MirroredDataset(train) if self.hflip else train), val
 
     def _cache(self, images: ImageList) -> ImageCache:
         """The cache of ``images``, reused if one with the same key (settings, every file's path, size and mtime)
@@ -339,15 +334,13 @@ class ImageFilesDataModule(ImageDataModule):
             digest.update(f"\n{name}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
         key = digest.hexdigest()
         stem = self.cache_dir / f"{self.cache_prefix}-{self.image_size}px-{self.crop}-{self.channels}ch-{key[:16]}"
-        shape = (len(images.files), self.channels, self.image_size, self.image_size)
+        array_path = stem.with_suffix(".npy")
         try:
             manifest = json.loads(stem.with_suffix(".json").read_text())
-            # The array's size and modification time as built: bytes written over it since (other data of the
-            # same size) make it rebuild; one stat, not a read of the whole cache.
-            array_path = stem.with_suffix(".npy")
-            if (manifest["key"] == key and manifest.get("array") == _file_stamp(array_path)
-                    and np.load(array_path, mmap_mode="r").shape == shape):
-                return ImageCache(stem.with_suffix(".npy"), manifest["unreadable"])
+            # The array's size and modification time as built: a partial copy, or bytes written over it since
+            # (other data of the same size), make it rebuild; one stat, not a read of the whole cache.
+            if manifest["key"] == key and manifest.get("array") == _file_stamp(array_path):
+                return ImageCache(array_path, manifest["unreadable"])
         except (OSError, ValueError, KeyError):  # absent, or a partial copy: rebuild
             pass
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

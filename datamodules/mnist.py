@@ -7,10 +7,12 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
 
-from datamodules.pipeline import ImageDataModule, UInt8ImageDataset, resize_uint8
+from datamodules.pipeline import ImageDataModule, UInt8ImageDataset
 from gan_modules.flags import advice
 
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -38,10 +40,7 @@ class MNISTDataModule(ImageDataModule):
         super().__init__(image_size=_SIDE if image_size is None else image_size, **kwargs)
         self.data_dir = data_dir
         self.download = download
-
-    @property
-    def raw_folder(self) -> Path:
-        return Path(self.data_dir) / "MNIST" / "raw"
+        self.raw_folder = Path(data_dir) / "MNIST" / "raw"
 
     def _missing(self) -> list[str]:
         return [name for name in _FILES if not (self.raw_folder / name).is_file()]
@@ -53,36 +52,38 @@ class MNISTDataModule(ImageDataModule):
             MNIST(self.data_dir, train=True, download=True)
         except Exception as error:  # torchvision raises RuntimeError or URLError, among others
             if not self._missing():  # fetched, but torchvision could not read them: name the bad file
-                for train in (True, False):
-                    self._check_files(train)
+                self._check_files()
                 raise
             raise self._missing_files_error(f"the download failed: {error}") from error
 
     def load_splits(self) -> tuple[Dataset, Dataset]:
+        if self._missing():
+            raise self._missing_files_error("download is off or has not run")
+        self._check_files()
         return self._load(train=True), self._load(train=False)
 
     def _load(self, train: bool) -> Dataset:
-        if self._missing():
-            raise self._missing_files_error("download is off or has not run")
-        self._check_files(train)
         mnist = MNIST(self.data_dir, train=train, download=False)  # torchvision's reader, on checked files
         images = mnist.data.unsqueeze(1)  # (N, 1, 28, 28) uint8
-        if self.image_size != _SIDE:
-            images = resize_uint8(images, self.image_size)
+        if self.image_size != _SIDE:  # bilinear, antialiased, in chunks: bounded float memory
+            size = (self.image_size, self.image_size)
+            images = torch.cat([F.interpolate(chunk.float(), size=size, mode="bilinear", antialias=True,
+                                              align_corners=False) for chunk in images.split(4096)])
+            images = images.round_().clamp_(0, 255).to(torch.uint8)
         return UInt8ImageDataset(images, mnist.targets)
 
-    def _check_files(self, train: bool) -> None:
-        """Check a split's IDX headers and sizes, and that it has as many labels as images."""
-        prefix = "train" if train else "t10k"
-        images_path = self.raw_folder / f"{prefix}-images-idx3-ubyte"
-        labels_path = self.raw_folder / f"{prefix}-labels-idx1-ubyte"
-        num_images, rows, columns = _idx_shape(images_path, _IMAGES_MAGIC, "images")
-        if (rows, columns) != (_SIDE, _SIDE):
-            raise _corrupt_file_error(images_path, f"it holds {rows} x {columns} images, not MNIST's 28 x 28")
-        (num_labels,) = _idx_shape(labels_path, _LABELS_MAGIC, "labels")
-        if num_labels != num_images:
-            raise _corrupt_file_error(labels_path, f"it holds {num_labels} labels for the {num_images} images of "
-                                                   f"{images_path.name} beside it (the two come from different copies)")
+    def _check_files(self) -> None:
+        """Check each split's IDX headers and sizes, and that it has as many labels as images."""
+        for prefix in ("train", "t10k"):
+            images_path = self.raw_folder / f"{prefix}-images-idx3-ubyte"
+            labels_path = self.raw_folder / f"{prefix}-labels-idx1-ubyte"
+            num_images, rows, columns = _idx_shape(images_path, _IMAGES_MAGIC, "images")
+            if (rows, columns) != (_SIDE, _SIDE):
+                raise _corrupt_file_error(images_path, f"it holds {rows} x {columns} images, not MNIST's 28 x 28")
+            (num_labels,) = _idx_shape(labels_path, _LABELS_MAGIC, "labels")
+            if num_labels != num_images:
+                raise _corrupt_file_error(labels_path, f"it holds {num_labels} labels for the {num_images} images "
+                                          f"of {images_path.name} beside it (the two come from different copies)")
 
     def _missing_files_error(self, why: str) -> RuntimeError:
         return RuntimeError(

@@ -10,7 +10,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
@@ -42,21 +41,6 @@ def _looked_up(images: Tensor) -> Tensor:
     return _UNIT_RANGE_ON[images.device][images.int()]  # int: uint8 indices would be a mask
 
 
-def resize_uint8(images: Tensor, size: int) -> Tensor:
-    """Resize uint8 images (N, C, H, W) to (N, C, size, size), bilinear and antialiased."""
-    resized = torch.cat([
-        F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        for chunk in images.split(4096)  # bounded float memory
-    ])
-    return resized.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def check_int(flag: str, value: Any, least: int) -> None:
-    """Raise a ValueError naming ``--data.<flag>`` unless ``value`` is an int >= ``least``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(advice(f"{flag} must be an integer >= {least}, got {value!r}: set `--data.{flag}`."))
-
-
 class UInt8ImageDataset(Dataset):
     """Images held as one uint8 tensor (N, C, H, W) on any device; items are ``(image in [-1, 1], label)``,
     labels zeros by default. :meth:`__getitems__` gathers a whole batch at once (in the sampler's order, or by
@@ -64,11 +48,8 @@ class UInt8ImageDataset(Dataset):
     ``__getitem__`` per image and ``default_collate`` build."""
 
     def __init__(self, images: Tensor, labels: Tensor | None = None, batch_order: np.ndarray | None = None) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         self.images = images
-        self.labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.long,
-                                                                    device=images.device)
+        self.labels = torch.zeros(len(images), dtype=torch.long, device=images.device) if labels is None else labels
         self.batch_order = batch_order
 
     def __len__(self) -> int:
@@ -121,10 +102,10 @@ class MirroredDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> GatheredBatch:
         n = len(self.dataset)
-        parts = [(self.dataset.__getitems__(part), flipped) for part, flipped in
-                 (([i for i in indices if i < n], False), ([i - n for i in indices if i >= n], True)) if part]
-        return GatheredBatch(torch.cat([b.images.flip(-1) if flipped else b.images for b, flipped in parts]),
-                             torch.cat([b.labels for b, _ in parts]))  # the order within a batch is the loss's to ignore
+        plain, mirrored = [i for i in indices if i < n], [i - n for i in indices if i >= n]
+        parts = [(self.dataset.__getitems__(part), flip) for part, flip in ((plain, False), (mirrored, True)) if part]
+        images = torch.cat([batch.images.flip(-1) if flip else batch.images for batch, flip in parts])
+        return GatheredBatch(images, torch.cat([batch.labels for batch, _ in parts]))  # the losses ignore the order
 
     def to(self, device: torch.device) -> MirroredDataset:
         return MirroredDataset(self.dataset.to(device))
@@ -187,7 +168,8 @@ class ImageDataModule(LightningDataModule):
         super().__init__()
         for flag, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
                                    ("image_size", image_size, 1)):
-            check_int(flag, value, least)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(advice(f"{flag} must be an integer >= {least}, got {value!r}: set `--data.{flag}`."))
         if on_device and num_workers > 0:  # an error, not a silent 0: the user asked for workers
             raise ValueError(advice(f"on_device keeps the training images on the device and gathers each batch there, "
                              f"in the training process, so DataLoader workers have nothing to do, but num_workers is "
@@ -212,11 +194,9 @@ class ImageDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self.train_set, self.val_set = self.load_splits()
-        if stage == "fit":
-            self._check_a_batch_per_device()
-
-    def _check_a_batch_per_device(self) -> None:
-        """Refuse a training set that gives some device no whole batch: the run would train on nothing."""
+        if stage != "fit":
+            return
+        # Refuse a training set that gives some device no whole batch: the run would train on nothing.
         world_size = self.trainer.world_size if self.trainer is not None else 1
         per_device = len(self.train_set) // world_size  # the sampler's share, with drop_last
         if per_device < self.batch_size:
@@ -238,9 +218,9 @@ class ImageDataModule(LightningDataModule):
             sampler.resume_epoch, sampler.resume_skip = self._resume
             self._resume = None
         self._train_sampler = sampler
-        if self.on_device:  # batches are born on the device: nothing to pin (pinning a GPU tensor fails)
-            return self._loader(self._train_set_on_device(), sampler=sampler, drop_last=True, pin_memory=False)
-        return self._loader(self.train_set, sampler=sampler, drop_last=True)
+        # on_device: batches are born on the device, nothing to pin (pinning a GPU tensor fails)
+        dataset = self._train_set_on_device() if self.on_device else self.train_set
+        return self._loader(dataset, sampler=sampler, drop_last=True, pin_memory=not self.on_device)
 
     def _train_set_on_device(self) -> Dataset:
         """The training set on the trainer's device, moved there by the first call (the CPU without a trainer)."""
@@ -258,8 +238,7 @@ class ImageDataModule(LightningDataModule):
             raise RuntimeError("the datamodule has no data yet: call `prepare_data()` and `setup()` first "
                                "(the Trainer does).")
 
-    def _loader(self, dataset: Dataset | None, sampler: Any, drop_last: bool,
-                pin_memory: bool | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, sampler: Any, drop_last: bool, pin_memory: bool = True) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -267,7 +246,7 @@ class ImageDataModule(LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=batch_collate,
             persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+            pin_memory=pin_memory and torch.cuda.is_available(),
             drop_last=drop_last,  # a last batch of 1 would break batch norm
         )
 
@@ -278,15 +257,15 @@ class ImageDataModule(LightningDataModule):
             # the end of an epoch or of training. A resumed fit that drew no batch keeps the restored epoch.
             sampler = self._train_sampler
             if sampler is None:
-                state["epoch"] = self.trainer.current_epoch
+                epoch = self.trainer.current_epoch
             else:
-                state["epoch"] = sampler.epoch if sampler.resume_epoch is None else sampler.resume_epoch
+                epoch = sampler.epoch if sampler.resume_epoch is None else sampler.resume_epoch
             # Images, not batches: a run continued with another batch size or number of ranks skips what was
             # trained. A resumed epoch counts its batches on from the checkpoint's, in this run's geometry.
             batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            offset = self._image_offset[1] if self._image_offset[0] == state["epoch"] else 0
-            state["batches_seen"] = batches
-            state["images_seen"] = batches * self.batch_size * self.trainer.world_size + offset
+            offset = self._image_offset[1] if self._image_offset[0] == epoch else 0
+            images = batches * self.batch_size * self.trainer.world_size + offset
+            state.update(epoch=epoch, batches_seen=batches, images_seen=images)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
