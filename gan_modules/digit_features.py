@@ -15,12 +15,10 @@ from torch import Tensor, nn
 
 
 class DigitFeatures(nn.Module):
-    """A small CNN digit classifier whose 64-dimensional penultimate layer stands in for Inception.
-
-    Maps float images (N, 3, H, W) in [0, 1] (FIDCallback's input for custom extractors) to
-    features (N, 64): channel mean -> resize to 28 px -> [-1, 1] -> three stride-2 convolutions ->
-    global average pool -> linear 128 -> 64. ``classify`` adds a linear head to 10 classes, used
-    only to train it (``study.digit_classifier.train_digit_features``).
+    """A small CNN digit classifier whose 64-dimensional penultimate layer stands in for Inception: float
+    images (N, 3, H, W) in [0, 1] (FIDCallback's input for custom extractors) to features (N, 64).
+    ``classify`` adds a linear head to 10 classes, used only to train it
+    (``study.digit_classifier.train_digit_features``).
 
     Args:
         weights: state dict saved by ``study.digit_classifier.train_digit_features``, loaded with

@@ -16,7 +16,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import yaml
@@ -29,17 +29,15 @@ from gan_modules.flags import on_the_command_line
 from gan_modules.metrics import KID_SEED
 from gan_modules.sampling import load_generator_checkpoint
 
-EVALUATE_HELP = ("Score a checkpoint with FID, KID, precision/recall and density/coverage against its run's "
-                 "validation images, and write them with the protocol as JSON.")
-INCEPTION_SIDE = 299
-
 
 class EvaluationError(Exception):
     """A checkpoint, data split, weights file or option that cannot be used; the message says which and the fix."""
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py evaluate", description=EVALUATE_HELP)
+    p = argparse.ArgumentParser(prog="train.py evaluate", description=(
+        "Score a checkpoint with FID, KID, precision/recall and density/coverage against its run's validation images, "
+        "and write them with the protocol as JSON."))
     p.add_argument("--ckpt_path", default="last", help="a checkpoint, a run folder, a preset's folder, or `last`: the "
                                                        "newest run's under runs/ (default last)")
     p.add_argument("--num_samples", type=int, default=10_000, help="generated images (default 10000)")
@@ -64,10 +62,6 @@ def main(argv: list[str]) -> None:
     """``train.py evaluate ARGS``."""
     p = parser()
     args = p.parse_args(argv)
-
-    def fail(message: str) -> NoReturn:
-        p.exit(2, f"{p.prog}: error: {message}\n")  # argparse's format and status, without the usage block
-
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # device lines and tips
@@ -78,7 +72,7 @@ def main(argv: list[str]) -> None:
                 f"{category.__name__}: {_own_flags(' '.join(str(message).split()))}", file=sys.stderr)
             report = evaluate(args)
     except EvaluationError as error:
-        fail(str(error))
+        p.exit(2, f"{p.prog}: error: {error}\n")  # argparse's format and status, without the usage block
     finally:
         lightning_log.setLevel(level)
     print(json.dumps(report["metrics"], indent=1))
@@ -98,21 +92,25 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         output = Path(args.output) if args.output is not None else run_folder / "evaluation.json"
         _check_output(output)
         accelerator, devices = _device(args.device)
-        weights = _weights_file(args.weights_path)
         model = load_generator_checkpoint(ckpt_path, map_location="cpu")
         datamodule, config = _run_datamodule(run_folder, args.config, args.data_dir)
         if tuple(datamodule.image_shape) != tuple(model.hparams.image_shape):
             raise EvaluationError(f"{ckpt_path} generates {tuple(model.hparams.image_shape)} images but the data of "
                                   f"{config} are {tuple(datamodule.image_shape)}: pass the run's own --config")
-        real_count = _validation_size(datamodule, config)
-        callback = FIDCallback(feature=args.feature, weights_path=weights and str(weights),
+        datamodule.setup("validate")
+        real_count = len(datamodule.val_dataloader().dataset)
+        if real_count < 2:
+            raise EvaluationError(f"the validation split of {type(datamodule).__name__} (from {config}) holds "
+                                  f"{real_count} image(s); the metrics need at least 2: "
+                                  "pass `--data_dir` the full data")
+        callback = FIDCallback(feature=args.feature, weights_path=args.weights_path,
                                num_samples=args.num_samples, num_real=args.num_real, batch_size=args.batch_size,
                                seed=args.seed, cache_dir=args.cache_dir)
-        callback.build_metric()
+        callback.build_metric()  # a missing or foreign weights file ends here, named by `--weights_path`
     except (OSError, ValueError, RuntimeError) as error:  # the checkpoint's, datamodules' and weights' own messages
         message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise EvaluationError(_own_flags(" ".join(message.split()))) from None
-    weights = weights or Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE  # where build_metric found them
+    weights = Path(args.weights_path or Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE)  # as read above
     real = real_count if args.num_real is None else min(args.num_real, real_count)
     print(f"evaluate: {args.num_samples:,} images of {ckpt_path} against {real:,} validation images of "
           f"{type(datamodule).__name__} on {args.device}", flush=True)
@@ -134,7 +132,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             "feature_extractor": {"network": "Inception-v3 (torch-fidelity's inception-v3-compat, via torchmetrics)",
                                   "layer": args.feature, "weights_file": str(weights.resolve()),
                                   "weights_sha256": _sha256(weights)},
-            "resize": (f"{height}x{width} uint8 (grayscale repeated to RGB) -> {INCEPTION_SIDE}x{INCEPTION_SIDE}, "
+            "resize": (f"{height}x{width} uint8 (grayscale repeated to RGB) -> 299x299, "
                        "bilinear as TensorFlow 1.x (no antialiasing), as torch-fidelity"),
             "seed": args.seed,
             "kid": {"subsets": callback.kid_subsets, "subset_size": min(callback.kid_subset_size, real,
@@ -178,16 +176,6 @@ def _device(device: str) -> tuple[str, list[int] | int]:
     return "gpu", [parsed.index or 0]
 
 
-def _weights_file(weights_path: str | None) -> Path | None:
-    if weights_path is None:
-        return None
-    path = Path(weights_path)
-    if not path.is_file():
-        raise EvaluationError(f"--weights_path {path}: no such file: pass torch-fidelity's {WEIGHTS_FILE}, or leave "
-                              "--weights_path out to use (or download) torch.hub's copy")
-    return path
-
-
 def _run_datamodule(run_folder: Path, config: str | None, data_dir: str | None) -> tuple[LightningDataModule, Path]:
     """The datamodule the run trained on, from its ``config.yaml`` (LightningCLI writes it into the run folder)."""
     path = Path(config) if config is not None else run_folder / "config.yaml"
@@ -214,15 +202,6 @@ def _run_datamodule(run_folder: Path, config: str | None, data_dir: str | None) 
     except TypeError as error:
         raise EvaluationError(f"the data settings in {path} do not fit {name} ({error}): "
                               "pass another `--config`") from None
-
-
-def _validation_size(datamodule: LightningDataModule, config: Path) -> int:
-    datamodule.setup("validate")
-    count = len(datamodule.val_dataloader().dataset)
-    if count < 2:
-        raise EvaluationError(f"the validation split of {type(datamodule).__name__} (from {config}) holds {count} "
-                              "image(s); the metrics need at least 2: pass `--data_dir` the full data")
-    return count
 
 
 def _own_flags(message: str) -> str:

@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -208,8 +207,12 @@ class FIDCallback(Callback):
         if self.metric is None:
             self.metric = build_fid_metric(self.feature, self.weights_path)
             extractor = self.metric.inception  # torchmetrics' Inception, or the custom `feature`
-            weights = _digest(extractor.state_dict().values())
-            self._extractor_id = f"{_qualname(extractor)}:{self.num_features}:{weights}"
+            weights = hashlib.sha256()  # of every weight: other weights, other features, another cache key
+            for tensor in extractor.state_dict().values():
+                tensor = tensor.detach().cpu().contiguous().reshape(-1)
+                weights.update(str(tensor.dtype).encode())
+                weights.update(tensor.view(torch.uint8).numpy().tobytes())
+            self._extractor_id = f"{_qualname(extractor)}:{self.num_features}:{weights.hexdigest()[:20]}"
             # Keep the features FID sums, (N, num_features), for KID and the neighbour metrics: no second forward.
             extractor.register_forward_hook(lambda module, args, output: self._kept.append(
                 output.detach().reshape(args[0].shape[0], -1)))
@@ -346,7 +349,7 @@ class FIDCallback(Callback):
                            num_workers=loader.num_workers, collate_fn=loader.collate_fn)
         with _progress(trainer, description, len(mine)) as bar:
             for batch in shard:
-                images = _images(batch).to(self.metric.device)
+                images = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(self.metric.device)
                 yield images
                 bar.update(images.shape[0])
 
@@ -380,13 +383,11 @@ class FIDCallback(Callback):
             setattr(self.metric, name, value.to(device=current.device, dtype=current.dtype))
 
     def _real_key_of(self, trainer: Trainer, loader: DataLoader) -> str:
-        dataset = loader.dataset
-        datamodule = trainer.datamodule
         return json.dumps({
-            "datamodule": _qualname(datamodule) if datamodule is not None else "none",
+            "datamodule": _qualname(trainer.datamodule) if trainer.datamodule is not None else "none",
             "split": "val",
-            "dataset": _qualname(dataset),
-            "num_real": len(dataset),
+            "dataset": _qualname(loader.dataset),
+            "num_real": len(loader.dataset),
             "real_subset": self.num_real,
             "content": self._content,  # every image used, so an image edited in place is seen
             "feature_extractor": self._extractor_id,
@@ -457,19 +458,6 @@ def _progress(trainer: Trainer, description: str, total: int) -> tqdm:
     """A console bar of an evaluation's images, shown on rank 0 while the trainer shows progress."""
     shown = trainer.is_global_zero and trainer.progress_bar_callback is not None
     return tqdm(total=total, desc=description, unit="img", file=sys.stdout, dynamic_ncols=True, disable=not shown)
-
-
-def _images(batch: Any) -> Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-def _digest(tensors: Iterable[Tensor]) -> str:
-    sha = hashlib.sha256()
-    for tensor in tensors:
-        tensor = tensor.detach().cpu().contiguous().reshape(-1)
-        sha.update(str(tensor.dtype).encode())
-        sha.update(tensor.view(torch.uint8).numpy().tobytes())
-    return sha.hexdigest()[:20]
 
 
 def _qualname(obj: object) -> str:
