@@ -302,12 +302,15 @@ class GANCheckpoint(ModelCheckpoint):
             return
         metrics = self._metrics(trainer)
         if self.save_top_k:
-            path = self.format_checkpoint_name(metrics)
+            path, previous = self.format_checkpoint_name(metrics), self.best_model_path
+            if self.monitor is None:  # as Lightning's own saves, recorded in the state they save
+                self.best_model_path = path
             trainer.save_checkpoint(path, self.save_weights_only)
-            if self.monitor is None:  # as Lightning's own saves: save_top_k 1 keeps the newest only
-                previous, self.best_model_path = self.best_model_path, path
-                if self.save_top_k == 1 and previous and previous != path:
-                    trainer.strategy.remove_checkpoint(previous)
+            # save_top_k 1 without a monitor keeps the newest only: of this folder, never the one resumed from
+            path, previous = (Path(name).resolve() if name else None for name in (path, previous))
+            if (self.monitor is None and self.save_top_k == 1 and previous and previous.parent == path.parent
+                    and previous not in (path, Path(trainer.ckpt_path or path).resolve())):
+                trainer.strategy.remove_checkpoint(previous)
         if self.save_last:  # Lightning's next save_last overwrites the file it knows, not a last-v1.ckpt beside it
             self.last_model_path = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST)
             trainer.save_checkpoint(self.last_model_path, self.save_weights_only)

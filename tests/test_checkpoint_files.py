@@ -318,6 +318,22 @@ def test_saves_of_its_own_keep_to_save_top_k_and_one_last_ckpt(mnist_dir: Path, 
     assert _saved_state(folder / "last.ckpt") == (48, 24)
 
 
+def test_a_run_continued_elsewhere_leaves_the_first_runs_checkpoints(mnist_dir: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    # Only this class saves (steps 1000 apart): its newest file is in the state of first/last.ckpt.
+    _fit(mnist_dir, GANCheckpoint(dirpath=first, every_n_train_steps=1000, save_last=True), Record(), max_epochs=1)
+    before = sorted(p.name for p in first.iterdir())
+    assert before == ["epoch=0-step=16.ckpt", "last.ckpt"]
+    model = DCGAN(**TINY)
+    trainer = Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                      plugins=[AtomicCheckpointIO()],
+                      callbacks=[GANCheckpoint(dirpath=second, every_n_train_steps=1000, save_last=True)])
+    trainer.fit(model, MNISTDataModule(data_dir=str(mnist_dir), batch_size=8), ckpt_path=first / "last.ckpt")
+    assert sorted(p.name for p in first.iterdir()) == before
+    assert sorted(p.name for p in second.iterdir()) == ["epoch=1-step=32.ckpt", "last.ckpt"]
+
+
 def _saved_state(path: Path) -> tuple[int, int]:
     checkpoint = torch.load(path, weights_only=True)
     return checkpoint["global_step"], checkpoint["gan_state"]["critic_steps"]
