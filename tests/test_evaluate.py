@@ -18,6 +18,7 @@ from benchmarks.fid_benchmark import random_inception_weights
 from conftest import write_mnist
 from gan_modules.cli import main
 
+pytestmark = pytest.mark.slow  # every test here uses a run trained in a process of its own
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage"}
 
