@@ -285,6 +285,7 @@ class GANCheckpoint(ModelCheckpoint):
             return None
         path = self.format_checkpoint_name(self._metrics(trainer), self.CHECKPOINT_NAME_LAST)
         if self._saved_step != trainer.global_step or not self.save_last:
+            self.last_model_path = path  # as _save_unless_saved: the resumed run's save_last overwrites this file
             trainer.save_checkpoint(path, self.save_weights_only)
         code = exception.code if isinstance(exception.code, int) and exception.code > 128 else 128 + signal.SIGTERM
         rank_zero_info(f"Stopped by {signal.Signals(code - 128).name} after critic step {getattr(pl_module, 'critic_steps', '?')}: the exact "

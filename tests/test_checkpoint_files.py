@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules import MNISTDataModule
 from gan_modules import DCGAN
@@ -332,6 +333,33 @@ def test_a_run_continued_elsewhere_leaves_the_first_runs_checkpoints(mnist_dir: 
     trainer.fit(model, MNISTDataModule(data_dir=str(mnist_dir), batch_size=8), ckpt_path=first / "last.ckpt")
     assert sorted(p.name for p in first.iterdir()) == before
     assert sorted(p.name for p in second.iterdir()) == ["epoch=1-step=32.ckpt", "last.ckpt"]
+
+
+class StopAt(Callback):
+    """Stops the run as a signal does (a SIGTERMException at a batch boundary) before the given batch."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.batch:
+            raise SIGTERMException(143)
+
+
+def test_a_run_stopped_by_a_signal_continues_in_the_same_last_ckpt(mnist_dir: Path, tmp_path: Path) -> None:
+    # The signal's save is the first of the fit: the resumed run must know that last.ckpt as its own, not write
+    # a last-v1.ckpt beside it.
+    folder = tmp_path / "ckpt"
+    with pytest.raises(SIGTERMException):
+        _fit(mnist_dir, GANCheckpoint(dirpath=folder, save_last=True), StopAt(batch=3), max_epochs=1)
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+    model = DCGAN(**TINY)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                      plugins=[AtomicCheckpointIO()], callbacks=[GANCheckpoint(dirpath=folder, save_last=True)])
+    trainer.fit(model, MNISTDataModule(data_dir=str(mnist_dir), batch_size=8), ckpt_path=folder / "last.ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=0-step=16.ckpt", "last.ckpt"]
+    assert _saved_state(folder / "last.ckpt") == (16, 8)
 
 
 def _saved_state(path: Path) -> tuple[int, int]:
