@@ -34,24 +34,16 @@ def dcgan_generator_loss(fake_logits: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def wasserstein_critic_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
-    """Critic loss of WGAN (Arjovsky et al., 2017): ``E[D(fake)] - E[D(real)]``.
-
-    The critic maximises ``E[D(real)] - E[D(fake)]``, the Wasserstein estimate, so it minimises
-    its negative; the loss is ``-wasserstein_estimate``.
-    """
-    return fake_scores.float().mean() - real_scores.float().mean()
-
-
 def wasserstein_generator_loss(fake_scores: Tensor) -> Tensor:
     """Generator loss of WGAN: ``-E[D(fake)]``."""
     return -fake_scores.float().mean()
 
 
 def wasserstein_estimate(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
-    """The critic's estimate of the Wasserstein-1 distance, ``E[D(real)] - E[D(fake)]``.
+    """The critic's estimate of the Wasserstein-1 distance, ``E[D(real)] - E[D(fake)]`` (Arjovsky et al., 2017).
 
-    Up to the critic's Lipschitz constant; it should fall as the samples improve.
+    Up to the critic's Lipschitz constant; it should fall as the samples improve. The critic maximises it:
+    its loss is ``-wasserstein_estimate``.
     """
     return real_scores.float().mean() - fake_scores.float().mean()
 

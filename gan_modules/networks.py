@@ -140,8 +140,3 @@ class Discriminator(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.main(images).flatten()
-
-
-def has_batch_norm(module: nn.Module) -> bool:
-    """True if any submodule is a batch-norm layer."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())

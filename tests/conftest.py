@@ -6,16 +6,22 @@ import os
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 # One writer of MNIST IDX files, on the scripts' side of the import direction (tests <- scripts).
 from benchmarks.digits_to_idx import write_idx, write_random_mnist
 
-__all__ = ["assert_same_training_state", "write_idx", "write_mnist"]
+__all__ = ["assert_same_training_state", "has_batch_norm", "write_idx", "write_mnist"]
 
 
 def write_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:
     """Write the four MNIST files with random digits under ``root/MNIST/raw``; returns ``root``."""
     return write_random_mnist(root, n_train, n_test, seed)
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    """True if any submodule is a batch-norm layer (of any dimension)."""
+    return any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)) for m in module.modules())
 
 
 def assert_same_training_state(model_a, optimizers_a, model_b, optimizers_b) -> None:

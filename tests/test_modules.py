@@ -10,7 +10,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gan_modules import DCGAN, WGAN, WGANGP
-from gan_modules.networks import has_batch_norm
+from conftest import has_batch_norm
 
 TINY = dict(image_shape=(1, 16, 16), latent_dim=8, generator_width=4, critic_width=4)
 

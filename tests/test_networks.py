@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from gan_modules.networks import Discriminator, Generator, has_batch_norm
+from conftest import has_batch_norm
+from gan_modules.networks import Discriminator, Generator
 
 
 @pytest.mark.parametrize("size", [16, 28, 32, 64])
