@@ -37,7 +37,7 @@ class CheckpointReadError(ValueError):
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint (or its folder) that cannot be written; ``errno`` is the operating system's."""
+    """A checkpoint, or another file of a run, that cannot be written; ``errno`` is the operating system's."""
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -157,11 +157,34 @@ def sweep_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _write_error(error: OSError, action: str, target: Path) -> CheckpointWriteError:
-    return CheckpointWriteError(
-        error.errno if error.errno is not None else errno.EIO,
-        f"Could not {action} {target} (in folder {target.parent}): {error.strerror or error}. Free space on that "
-        "device, make the folder writable, or write checkpoints elsewhere with --checkpoint.dirpath")
+def write_atomically(files: dict[Path, Any], what: str, elsewhere: str) -> None:
+    """Write each of ``files`` (path: bytes) to a temporary beside it, flushed to disk, and rename them all into place
+    only once all are complete: a full disk, a kill or an interrupt leaves the previous files, never part of one.
+
+    Raises:
+        CheckpointWriteError: naming the file, the reason and the fix (``elsewhere``: how to write elsewhere).
+    """
+    temporaries = {path: temporary_path(path) for path in files}
+    target = next(iter(files))
+    try:
+        for target, data in files.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(temporaries[target], "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+        for target, temporary in temporaries.items():
+            os.replace(temporary, target)
+    except BaseException as error:  # a full disk, or a KeyboardInterrupt mid-write: no partial file
+        for temporary in temporaries.values():
+            with contextlib.suppress(OSError):  # not written, or under a file
+                temporary.unlink()
+        if isinstance(error, OSError):
+            raise CheckpointWriteError(
+                error.errno if error.errno is not None else errno.EIO,
+                f"Could not write {what} {target} (in folder {target.parent}): {error.strerror or error}. Free space "
+                f"on that device, make the folder writable, or {elsewhere}") from error
+        raise
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -185,28 +208,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         """Writes ``checkpoint`` to ``path`` atomically (a CheckpointWriteError leaves no partial file);
         :class:`GANCheckpoint` sweeps what killed writers left when a fit starts."""
-        path = Path(path)
         if "://" in str(path):  # remote storage: fsspec's transaction is the best available
             return super().save_checkpoint(checkpoint, path, storage_options)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise _write_error(error, "create the folder for checkpoint", path) from error
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        temporary = temporary_path(path)
-        try:
-            with open(temporary, "wb") as file:
-                file.write(buffer.getbuffer())
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-            self.last_saved_path = path
-        except BaseException as error:  # a full disk, or a KeyboardInterrupt mid-write: no partial file
-            temporary.unlink(missing_ok=True)
-            if isinstance(error, OSError):
-                raise _write_error(error, "write checkpoint", path) from error
-            raise
+        write_atomically({Path(path): buffer.getbuffer()}, "checkpoint",
+                         "write checkpoints elsewhere with --checkpoint.dirpath")
+        self.last_saved_path = Path(path)
 
 
 class GANCheckpoint(ModelCheckpoint):

@@ -23,7 +23,7 @@ import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 
 import datamodules
-from gan_modules.checkpoint_io import resolve_checkpoint, temporary_path
+from gan_modules.checkpoint_io import resolve_checkpoint, write_atomically
 from gan_modules.fid import INCEPTION_FEATURES, WEIGHTS_FILE, FIDCallback
 from gan_modules.flags import on_the_command_line
 from gan_modules.metrics import KID_SEED
@@ -146,7 +146,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                        "generator_steps": model.generator_steps, "sha256": _sha256(ckpt_path)},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    _write_json(output, report)
+    try:  # whole or not at all
+        write_atomically({output: (json.dumps(report, indent=2) + "\n").encode()}, "the scores",
+                         "pass `--output` a path elsewhere")
+    except OSError as error:
+        raise EvaluationError(error.strerror) from None
     return {**report, "output": str(output)}
 
 
@@ -225,18 +229,6 @@ def _version(distribution: str) -> str:
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
 
-
-def _write_json(output: Path, report: dict[str, Any]) -> None:
-    """Written whole or not at all: a temporary file renamed into place."""
-    temporary = temporary_path(output)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(temporary, output)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise EvaluationError(f"cannot write {output} ({error.strerror or error}): "
-                              "pass `--output` another path") from None
 
 
 if __name__ == "__main__":

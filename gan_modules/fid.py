@@ -6,8 +6,8 @@ very features FID sums, kept by a forward hook on its extractor: one forward per
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +24,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from tqdm import tqdm
 
+from gan_modules.checkpoint_io import write_atomically
 from gan_modules.flags import advice
 from gan_modules.metrics import kid, prdc
 
@@ -406,14 +407,12 @@ class FIDCallback(Callback):
     def _save_cache(self, path: Path, key: str) -> None:
         state = {name: getattr(self.metric, name).cpu() for name in REAL_STATES}
         state["real_features"] = self.real_features.cpu()  # KID and the neighbour metrics need the features
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"key": key, **state}, partial)
-            os.replace(partial, path)  # atomic: a crash never leaves a half-written cache
+        buffer = io.BytesIO()
+        torch.save({"key": key, **state}, buffer)
+        try:  # atomic: a crash never leaves a half-written cache
+            write_atomically({path: buffer.getbuffer()}, "the FID cache", "set `--fid.cache_dir` to another folder")
         except OSError as error:  # the cache only saves time: training goes on without it
-            rank_zero_warn(f"Could not write the FID cache {path} ({error}); set `--fid.cache_dir` to a "
-                           f"writable folder to reuse the real statistics in later runs.")
+            rank_zero_warn(f"{error.strerror}, to reuse the real statistics in later runs.")
 
 
 def _warn_if_few(what: str, count: int, num_features: int) -> None:

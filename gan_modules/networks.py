@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import inspect
 import io
 import os
@@ -14,7 +13,7 @@ from tqdm import tqdm
 
 from gan_modules.base import GANModule
 from gan_modules.callbacks import image_grid
-from gan_modules.checkpoint_io import read_checkpoint, temporary_path
+from gan_modules.checkpoint_io import read_checkpoint, write_atomically
 from gan_modules.run_integrity import refuse_nonfinite_weights, saved_model_class
 from gan_modules.flags import advice
 
@@ -90,7 +89,7 @@ def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: 
     ``num_samples``.
 
     Raises:
-        OSError: a file could not be written; the message names it.
+        CheckpointWriteError: (an OSError) a file could not be written; the message names it and the fix.
     """
     output = Path(output)
     grid_path = output.with_suffix(".png")
@@ -106,21 +105,6 @@ def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: 
     shown = as_uint8[: nrow * nrow].float() / 127.5 - 1  # the saved values
     save_image(image_grid(shown, nrow), grid_bytes, format="png")
 
-    temporaries = {output: temporary_path(output), grid_path: temporary_path(grid_path)}
-    target = output.parent
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        for target, data in ((output, tensor_bytes), (grid_path, grid_bytes)):
-            with open(temporaries[target], "wb") as file:
-                file.write(data.getbuffer())
-                file.flush()
-                os.fsync(file.fileno())
-        for target, temporary in temporaries.items():
-            os.replace(temporary, target)
-    except OSError as error:
-        for temporary in temporaries.values():
-            temporary.unlink(missing_ok=True)
-        fix = ("free some space there or pass `--output` a path on another disk"
-               if error.errno in (errno.ENOSPC, errno.EDQUOT) else "pass `--output` a path in a folder you can write")
-        raise OSError(error.errno, f"Cannot write {target}: {error.strerror or error}: {fix}.") from error
+    write_atomically({output: tensor_bytes.getbuffer(), grid_path: grid_bytes.getbuffer()}, "samples",
+                     "pass `--output` a path elsewhere")
     return grid_path

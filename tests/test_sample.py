@@ -134,7 +134,8 @@ def test_a_full_disk_leaves_the_previous_samples_and_no_temporary_file(
 
     monkeypatch.setattr(os, "fsync", full_at_the_grid)
     message = sample(capsys, "--ckpt_path", str(checkpoint), "--output", str(output))
-    assert f"Cannot write {tmp_path / 'samples.png'}: No space left on device: free some space" in message
+    assert (f"Could not write samples {tmp_path / 'samples.png'} (in folder {tmp_path}): No space left on device. "
+            "Free space on that device" in message and "`--output`" in message)
     assert files_in(tmp_path) == ["samples.png", "samples.pt"]  # both temporaries removed
     assert output.read_bytes() == b"previous tensor" and output.with_suffix(".png").read_bytes() == b"previous grid"
 
