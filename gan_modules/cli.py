@@ -38,7 +38,7 @@ from gan_modules.fid import InceptionWeightsError
 from gan_modules.flags import on_the_command_line
 from gan_modules.preemption import StopOnSignal
 from gan_modules.run_integrity import CheckpointMismatchError, check_strategy, refuse_another_model
-from gan_modules.sampling import load_generator_checkpoint, output_problem, write_samples
+from gan_modules.sampling import load_generator_checkpoint, output_problem, parse_device, write_samples
 
 # Errors whose message says it all: one line on stderr, no traceback.
 ONE_LINE_ERRORS = (CheckpointReadError, CheckpointWriteError, CheckpointMismatchError, InceptionWeightsError)
@@ -288,17 +288,8 @@ def sample(argv: list[str]) -> None:
     if (problem := output_problem(output)) is not None:
         fail(problem)
     try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        fail(f"--device {args.device!r} is not a device: pass `--device cpu` or `--device cuda`.")
-    found = torch.cuda.device_count()  # 0 without CUDA
-    if device.type == "cuda" and (device.index or 0) >= found:
-        choices = "`--device cpu`" + (f" or `--device cuda:N` with N from 0 to {found - 1}" if found else "")
-        fail(f"--device {args.device} is not a CUDA device of this machine ({found} found): pass {choices}.")
-
-    try:
         with on_the_command_line():
-            model = load_generator_checkpoint(ckpt_path, map_location=args.device)
+            model = load_generator_checkpoint(ckpt_path, map_location=parse_device(args.device))
             grid = write_samples(model, args.num_samples, output, args.seed, args.nrow)
     except (OSError, ValueError) as error:
         fail(error.strerror if isinstance(error, OSError) and error.strerror else str(error))

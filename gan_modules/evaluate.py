@@ -11,7 +11,6 @@ import importlib.metadata
 import inspect
 import json
 import logging
-import os
 import sys
 import time
 import warnings
@@ -27,7 +26,7 @@ from gan_modules.checkpoint_io import resolve_checkpoint, write_atomically
 from gan_modules.fid import INCEPTION_FEATURES, WEIGHTS_FILE, FIDCallback
 from gan_modules.flags import on_the_command_line
 from gan_modules.metrics import KID_SEED
-from gan_modules.sampling import load_generator_checkpoint
+from gan_modules.sampling import load_generator_checkpoint, output_problem, parse_device
 
 
 class EvaluationError(Exception):
@@ -90,8 +89,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         ckpt_path = resolve_checkpoint(args.ckpt_path)
         run_folder = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
         output = Path(args.output) if args.output is not None else run_folder / "evaluation.json"
-        _check_output(output)
-        accelerator, devices = _device(args.device)
+        if (problem := output_problem(output, (".json",), beside=None)) is not None:
+            raise EvaluationError(problem)
+        device = parse_device(args.device)
         model = load_generator_checkpoint(ckpt_path, map_location="cpu")
         datamodule, config = _run_datamodule(run_folder, args.config, args.data_dir)
         if tuple(datamodule.image_shape) != tuple(model.hparams.image_shape):
@@ -114,8 +114,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     real = real_count if args.num_real is None else min(args.num_real, real_count)
     print(f"evaluate: {args.num_samples:,} images of {ckpt_path} against {real:,} validation images of "
           f"{type(datamodule).__name__} on {args.device}", flush=True)
-    trainer = Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
-                      enable_model_summary=False, limit_val_batches=1, callbacks=[callback])
+    on_cpu = device.type == "cpu"
+    trainer = Trainer(accelerator="cpu" if on_cpu else "gpu", devices=1 if on_cpu else [device.index or 0],
+                      logger=False, enable_checkpointing=False, enable_model_summary=False, limit_val_batches=1,
+                      callbacks=[callback])
     scores = trainer.validate(model, datamodule, verbose=False)[0]
     metrics = {name: scores[f"val/{name}"] for name in
                ("fid", "kid", "kid_std", "precision", "recall", "density", "coverage") if f"val/{name}" in scores}
@@ -152,32 +154,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     except OSError as error:
         raise EvaluationError(error.strerror) from None
     return {**report, "output": str(output)}
-
-
-def _check_output(output: Path) -> None:
-    if output.suffix != ".json":
-        raise EvaluationError(f"--output {output} must end in .json: pass e.g. "
-                              f"`--output {output.with_suffix('.json')}`")
-    if output.is_dir():
-        raise EvaluationError(f"--output {output} is a folder: pass a file path such as `--output {output / 'e.json'}`")
-    existing = next(folder for folder in output.parents if folder.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise EvaluationError(f"--output {output}: {existing} is not a writable folder: pass `--output` a path in one")
-
-
-def _device(device: str) -> tuple[str, list[int] | int]:
-    """``--device`` as the Trainer's accelerator and devices."""
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise EvaluationError(f"--device {device!r} is not a device: pass `--device cpu` or `--device cuda`") from None
-    if parsed.type == "cpu":
-        return "cpu", 1
-    found = torch.cuda.device_count()
-    if parsed.type != "cuda" or (parsed.index or 0) >= found:
-        raise EvaluationError(f"--device {device} is not a device of this machine ({found} CUDA device(s)): pass "
-                              "`--device cpu`" + (f" or `--device cuda:N`, N < {found}" if found else ""))
-    return "gpu", [parsed.index or 0]
 
 
 def _run_datamodule(run_folder: Path, config: str | None, data_dir: str | None) -> tuple[LightningDataModule, Path]:

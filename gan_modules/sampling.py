@@ -60,18 +60,17 @@ def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") 
     return model.to(map_location)
 
 
-def output_problem(output: str | Path) -> str | None:
-    """Why the tensor file ``output`` or its PNG grid cannot be written, checked before any work;
-    ``None`` when both can be."""
+def output_problem(output: str | Path, suffixes: tuple[str, ...] = (".pt", ".pth"),
+                   beside: str | None = ".png") -> str | None:
+    """Why ``--output`` (a file ending in one of ``suffixes``) or the file ``beside`` it (its stem with that suffix)
+    cannot be written, checked before any work; ``None`` when both can be."""
     output = Path(output)
-    if output.suffix not in (".pt", ".pth"):
-        # A .png output would be overwritten by its own grid, which goes beside it as <stem>.png.
-        return (f"--output {output} must end in .pt (a tensor file; the PNG grid goes beside it): "
-                f"pass e.g. `--output {output.with_suffix('.pt')}`.")
-    for target in (output, output.with_suffix(".png")):
+    if output.suffix not in suffixes:  # a .png output would be overwritten by its own grid
+        return f"--output {output} must end in {suffixes[0]}: pass e.g. `--output {output.with_suffix(suffixes[0])}`."
+    for target in (output, *([output.with_suffix(beside)] if beside else [])):
         if target.is_dir():
             return (f"--output: {target} is a folder, not a file: pass a file path such as "
-                    f"`--output {output / 'samples.pt'}`.")
+                    f"`--output {output / f'out{suffixes[0]}'}`.")
     existing = next(folder for folder in output.parents if folder.exists())  # "." or "/" at the latest
     if not existing.is_dir():
         return (f"--output {output} lies under {existing}, which is a file, not a folder: "
@@ -79,6 +78,23 @@ def output_problem(output: str | Path) -> str | None:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"--output {output}: {existing} is not writable: pass `--output` a path in a folder you can write."
     return None
+
+
+def parse_device(text: str) -> torch.device:
+    """``--device`` as a device of this machine.
+
+    Raises:
+        ValueError: not a device, or a CUDA device this machine does not have; the message names the choices.
+    """
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text!r} is not a device: pass `--device cpu` or `--device cuda`.") from None
+    found = torch.cuda.device_count()  # 0 without CUDA
+    if device.type != "cpu" and (device.type != "cuda" or (device.index or 0) >= found):
+        choices = "`--device cpu`" + (f" or `--device cuda:N` with N from 0 to {found - 1}" if found else "")
+        raise ValueError(f"--device {text} is not a CUDA device of this machine ({found} found): pass {choices}.")
+    return device
 
 
 def write_samples(model: GANModule, num_samples: int, output: str | Path, seed: int = 0, nrow: int = 8,
