@@ -3,7 +3,6 @@ TensorBoard from rank 0 at epoch boundaries, never per step; and the progress ba
 
 from __future__ import annotations
 
-import inspect
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from gan_modules.fid import FIDCallback
-from gan_modules.flags import advice
+from gan_modules.flags import advice, init_arguments
 
 __all__ = ["FIDCallback", "OneDrawProgressBar", "RunMonitor", "SampleGridCallback", "image_grid"]
 
@@ -186,10 +185,8 @@ def run_summary(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
     datamodule = trainer.datamodule
     if datamodule is not None:  # the __init__ arguments of the datamodule and its bases (shared ones pass by **kwargs)
         summary["data"] = type(datamodule).__name__
-        signatures = [inspect.signature(cls.__init__).parameters for cls in type(datamodule).__mro__]
-        names = dict.fromkeys(name for parameters in signatures for name in parameters
-                              if name not in ("self", "args", "kwargs"))
-        summary.update({f"data.{name}": plain(getattr(datamodule, name)) for name in names if hasattr(datamodule, name)})
+        summary.update({f"data.{name}": plain(getattr(datamodule, name)) for name in init_arguments(type(datamodule))
+                        if hasattr(datamodule, name)})
     summary.update({"trainer.max_epochs": trainer.max_epochs, "trainer.max_steps": trainer.max_steps,
                     "trainer.precision": str(trainer.precision), "trainer.devices": trainer.num_devices,
                     "trainer.num_nodes": trainer.num_nodes, "trainer.accelerator": type(trainer.accelerator).__name__,

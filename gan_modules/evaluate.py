@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
-import inspect
 import json
 import logging
 import sys
@@ -24,7 +23,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 import datamodules
 from gan_modules.checkpoint_io import resolve_checkpoint, write_atomically
 from gan_modules.fid import INCEPTION_FEATURES, WEIGHTS_FILE, FIDCallback
-from gan_modules.flags import on_the_command_line
+from gan_modules.flags import init_arguments, on_the_command_line
 from gan_modules.metrics import KID_SEED
 from gan_modules.sampling import load_generator_checkpoint, output_problem, parse_device
 
@@ -175,10 +174,8 @@ def _run_datamodule(run_folder: Path, config: str | None, data_dir: str | None) 
     init_args = dict(data.get("init_args") or {})
     if data_dir is not None:
         init_args["data_dir"] = data_dir
-    known = {name for klass in cls.__mro__ if klass.__module__.startswith("datamodules")
-             for name in inspect.signature(klass.__init__).parameters}
     try:
-        return cls(**{key: value for key, value in init_args.items() if key in known}), path
+        return cls(**{key: value for key, value in init_args.items() if key in init_arguments(cls)}), path
     except TypeError as error:
         raise EvaluationError(f"the data settings in {path} do not fit {name} ({error}): "
                               "pass another `--config`") from None

@@ -1,10 +1,11 @@
 """How an error message names a setting: by its command-line flag under ``train.py``, by the argument's
-name from Python, so that each reader gets advice they can act on."""
+name from Python, so that each reader gets advice they can act on; and which settings a class takes."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import re
 from collections.abc import Iterator
 
@@ -37,3 +38,10 @@ def _as_argument(match: re.Match) -> str:
         value = literals.get(value, value if re.fullmatch(r"[-+.\deE]+|[A-Z_]+|\.\.\.", value) else repr(value))
     argument = name if value is None else f"{name}={value}"
     return f"`{_CLASSES[group]}({argument})`" if group in _CLASSES else f"`{argument}`"
+
+
+def init_arguments(cls: type) -> list[str]:
+    """The named ``__init__`` arguments of ``cls`` and of its bases, which a subclass takes as ``**kwargs``."""
+    parameters = (p for klass in cls.__mro__ for p in inspect.signature(klass.__init__).parameters.values())
+    return list(dict.fromkeys(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                              and p.name != "self"))

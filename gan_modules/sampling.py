@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import io
 import os
 from pathlib import Path
@@ -15,7 +14,7 @@ from gan_modules.base import GANModule
 from gan_modules.callbacks import image_grid
 from gan_modules.checkpoint_io import read_checkpoint, write_atomically
 from gan_modules.run_integrity import refuse_nonfinite_weights, saved_model_class
-from gan_modules.flags import advice
+from gan_modules.flags import advice, init_arguments
 
 
 def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") -> GANModule:
@@ -43,10 +42,7 @@ def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") 
     cls = getattr(gan_modules, name)
     hyperparameters = checkpoint.get("hyper_parameters")
     hyperparameters = hyperparameters if isinstance(hyperparameters, dict) else {}
-    # Named __init__ arguments of the class and its GANModule bases (a subclass takes the shared ones as **kwargs).
-    arguments = {parameter.name for klass in cls.__mro__ if issubclass(klass, GANModule)
-                 for parameter in inspect.signature(klass.__init__).parameters.values()
-                 if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)} - {"self"}
+    arguments = init_arguments(cls)
     try:
         arguments_of_the_run = {key: value for key, value in hyperparameters.items() if key in arguments}
         # Sampling needs neither the training-speed options nor a compilation of tens of seconds.
