@@ -157,7 +157,7 @@ def sweep_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
-def write_atomically(files: dict[Path, Any], what: str, elsewhere: str) -> None:
+def write_atomically(files: dict[Path, bytes | memoryview], what: str, elsewhere: str) -> None:
     """Write each of ``files`` (path: bytes) to a temporary beside it, flushed to disk, and rename them all into place
     only once all are complete: a full disk, a kill or an interrupt leaves the previous files, never part of one.
 

@@ -174,8 +174,9 @@ def _run_datamodule(run_folder: Path, config: str | None, data_dir: str | None) 
     init_args = dict(data.get("init_args") or {})
     if data_dir is not None:
         init_args["data_dir"] = data_dir
+    known = init_arguments(cls)
     try:
-        return cls(**{key: value for key, value in init_args.items() if key in init_arguments(cls)}), path
+        return cls(**{key: value for key, value in init_args.items() if key in known}), path
     except TypeError as error:
         raise EvaluationError(f"the data settings in {path} do not fit {name} ({error}): "
                               "pass another `--config`") from None
@@ -201,7 +202,6 @@ def _version(distribution: str) -> str:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
-
 
 
 if __name__ == "__main__":
