@@ -62,7 +62,9 @@ def output_problem(output: str | Path, suffixes: tuple[str, ...] = (".pt", ".pth
     cannot be written, checked before any work; ``None`` when both can be."""
     output = Path(output)
     if output.suffix not in suffixes:  # a .png output would be overwritten by its own grid
-        return f"--output {output} must end in {suffixes[0]}: pass e.g. `--output {output.with_suffix(suffixes[0])}`."
+        why = f" (a tensor file; the {beside[1:].upper()} grid goes beside it)" if beside else ""
+        return (f"--output {output} must end in {suffixes[0]}{why}: pass e.g. "
+                f"`--output {output.with_suffix(suffixes[0])}`.")
     for target in (output, *([output.with_suffix(beside)] if beside else [])):
         if target.is_dir():
             return (f"--output: {target} is a folder, not a file: pass a file path such as "
