@@ -116,7 +116,7 @@ class GANCLI(LightningCLI):
         self.trainer.callbacks.append(StopOnSignal())  # SIGTERM / SIGUSR1: last.ckpt, exit 128 + signal
         for callback in self.trainer.callbacks if self.subcommand else []:
             if isinstance(callback, FIDCallback):  # its weights, before any work: offline, a one-line error
-                callback.build_metric()
+                callback.load_extractor()
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config

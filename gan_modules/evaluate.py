@@ -105,7 +105,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         callback = FIDCallback(feature=args.feature, weights_path=args.weights_path,
                                num_samples=args.num_samples, num_real=args.num_real, batch_size=args.batch_size,
                                seed=args.seed, cache_dir=args.cache_dir)
-        callback.build_metric()  # a missing or foreign weights file ends here, named by `--weights_path`
+        callback.load_extractor()  # a missing or foreign weights file ends here, named by `--weights_path`
     except (OSError, ValueError, RuntimeError) as error:  # the checkpoint's, datamodules' and weights' own messages
         message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise EvaluationError(_own_flags(" ".join(message.split()))) from None

@@ -1,7 +1,7 @@
-"""Fréchet Inception Distance (Heusel et al., 2017, arXiv:1706.08500) measured during validation: torchmetrics'
-maths, on the real statistics once per dataset (cached on disk) and a fixed set of generated samples that does not
-depend on the number of devices; and KID, precision/recall and density/coverage (gan_modules/metrics.py) from the
-very features FID sums, kept by a forward hook on its extractor: one forward per image for all the metrics."""
+"""Fréchet Inception Distance (Heusel et al., 2017, arXiv:1706.08500), KID, precision/recall and density/coverage
+measured during validation, all from one forward per image of torchmetrics' Inception: the real images' features once
+per dataset (cached on disk), and a fixed set of generated samples that does not depend on the number of devices.
+The metrics are functions of the two feature sets (gan_modules/metrics.py; FID is torchmetrics' own)."""
 
 from __future__ import annotations
 
@@ -20,16 +20,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
-from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.fid import NoTrainInceptionV3
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from tqdm import tqdm
 
 from gan_modules.checkpoint_io import write_atomically
 from gan_modules.flags import advice
-from gan_modules.metrics import kid, prdc
+from gan_modules.metrics import frechet_distance, kid, prdc
 
 INCEPTION_FEATURES = (64, 192, 768, 2048)
-REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]
 # Images per side where `num_samples`/`num_real` are unset: the standard protocol on an accelerator; on a
 # CPU (Inception: ~0.15 s an image on two cores) a preset's first run stays under half an hour (docs/evaluation.md).
@@ -42,7 +41,7 @@ class InceptionWeightsError(RuntimeError):
 
 
 def metric_input(images: Tensor, as_float: bool) -> Tensor:
-    """[-1, 1] images (N, C, H, W) -> (N, 3, H, W) as the FID metric takes them, quantised as saved to
+    """[-1, 1] images (N, C, H, W) -> (N, 3, H, W) as the feature extractor takes them, quantised as saved to
     PNG: uint8 for Inception, floats in [0, 1] (``as_float``) for a custom feature extractor."""
     if images.shape[1] not in (1, 3):
         raise ValueError(f"FID needs 1- or 3-channel images, got {images.shape[1]} channels.")
@@ -51,16 +50,18 @@ def metric_input(images: Tensor, as_float: bool) -> Tensor:
     return as_uint8 / 255 if as_float else as_uint8.to(torch.uint8)
 
 
-def build_fid_metric(feature: int | nn.Module = 2048, weights_path: str | None = None) -> FrechetInceptionDistance:
-    """A torchmetrics FID that keeps its real statistics across ``reset()``. Inception takes uint8 images and
-    resizes them as the original TensorFlow code does (``antialias=False``), so scores compare with published ones.
+def build_extractor(feature: int | nn.Module = 2048, weights_path: str | None = None) -> nn.Module:
+    """The network whose features the metrics compare: ``feature`` itself if it is a module, else torchmetrics'
+    Inception-v3 layer ``feature`` (torch-fidelity's weights), built as its ``FrechetInceptionDistance`` builds it:
+    it takes uint8 images and resizes them as the original TensorFlow code does (``antialias=False``), so scores
+    compare with published ones.
 
     Raises:
         InceptionWeightsError: the Inception weights can be neither downloaded nor read from
             ``weights_path``.
     """
     if isinstance(feature, nn.Module):
-        return FrechetInceptionDistance(feature=feature, reset_real_features=False, normalize=True)
+        return feature
     try:  # torch-fidelity unpickles the file with weights_only=False: refuse anything but tensors first
         if weights_path is not None:
             torch.load(weights_path, map_location="cpu", weights_only=True)
@@ -73,10 +74,8 @@ def build_fid_metric(feature: int | nn.Module = 2048, weights_path: str | None =
             advice(f"{weights_path} is not a PyTorch state dict of tensors ({error}): `--fid.weights_path` needs "
             f"torch-fidelity's {WEIGHTS_FILE}.")) from None
     try:
-        return FrechetInceptionDistance(
-            feature=feature, reset_real_features=False, normalize=False,
-            feature_extractor_weights_path=weights_path, antialias=False,
-        )
+        return NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
+                                  feature_extractor_weights_path=weights_path, antialias=False)
     except OSError as error:  # URLError, timeouts, DNS failures: no network
         if weights_path is not None:
             raise
@@ -99,9 +98,8 @@ class FIDCallback(Callback):
     On CPU, one GPU or under DDP (docs/evaluation.md: when, on which images, at what cost); rank 0 decides
     for every rank, as the computation is collective. The callback reads the real images itself, each once
     across the ranks (Lightning's ``DistributedSampler`` would repeat some, ``limit_val_batches`` cut them
-    short); chunk ``k`` of the seeded latent vectors runs on rank ``k mod W``, with rank 0's buffers.
-    torchmetrics sums the states over the ranks in ``compute()``: rank 0 holds the real totals, the others zeros.
-    The other metrics need the features themselves: rank 0 gathers them in the one-process order and computes.
+    short); chunk ``k`` of the seeded latent vectors runs on rank ``k mod W``, with rank 0's buffers. Rank 0
+    gathers the features in the one-process order, computes every metric from them and sends the scores to all.
 
     Args:
         feature: Inception-v3 layer, 64, 192, 768 or 2048 (pool3, the standard FID), or an ``nn.Module``
@@ -164,20 +162,19 @@ class FIDCallback(Callback):
         self.kid_subsets = kid_subsets
         self.kid_subset_size = kid_subset_size
         self.prdc_k = prdc_k
-        self.metric: FrechetInceptionDistance | None = None
+        self.extractor: nn.Module | None = None
         self.real_features: Tensor | None = None  # (num_real, num_features) on rank 0, in the one-process order
-        self.real_images_processed = 0  # real images this process fed the metric (a cache hit adds none)
-        self._kept: list[Tensor] = []  # the extractor's outputs since the last _take_features
+        self.real_images_processed = 0  # real images this process fed the extractor (a cache hit adds none)
         self._extractor_id: str | None = None
         self._content: str | None = None  # digest of every real image used, computed once per fit
-        self._real_key: str | None = None  # key of the real statistics the metric holds now
+        self._real_key: str | None = None  # key of the real features held now
         self._scored_step: int | None = None  # trainer.global_step of this fit's last FID
         if enabled and num_samples is not None:  # no score, nothing to be unreliable
             _warn_if_few("num_samples", num_samples, self.num_features)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not self.enabled or stage not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
-            return  # no metric: every hook below returns for want of one
+            return  # no extractor: every hook below returns for want of one
         on_cpu = trainer.strategy.root_device.type == "cpu"
         cpu_sized = on_cpu and self.num_samples is None  # both sizes left to the device
         if self.num_samples is None:
@@ -190,8 +187,8 @@ class FIDCallback(Callback):
             raise ValueError(advice(f"FID splits {self.num_samples} samples into {chunks} chunks of {self.batch_size}, "
                                     f"fewer than the {trainer.world_size} processes: lower `--fid.batch_size` or raise "
                                     f"`--fid.num_samples`."))
-        self.build_metric()
-        self.metric.to(trainer.strategy.root_device)
+        self.load_extractor()
+        self.extractor.to(trainer.strategy.root_device)
         self._content = None  # the real images are read again (hashed) once in every fit: edits are seen
         real = "all the" if self.num_real is None else f"at most {self.num_real:,}"
         rank_zero_info(f"FID: {self.num_samples:,} generated images against {real} real validation images, "
@@ -199,31 +196,28 @@ class FIDCallback(Callback):
                        + (" (the CPU-sized default: `--fid.num_samples 10000` for the standard protocol)"
                           if cpu_sized else ""))
 
-    def build_metric(self) -> None:
-        """Build the metric and load its weights, once; the CLI calls it first, so missing weights stop a run at once.
+    def load_extractor(self) -> None:
+        """Build the feature extractor and load its weights, once; the CLI calls it first, so missing weights stop a
+        run at once.
 
         Raises:
-            InceptionWeightsError: see :func:`build_fid_metric`.
+            InceptionWeightsError: see :func:`build_extractor`.
         """
-        if self.metric is None:
-            self.metric = build_fid_metric(self.feature, self.weights_path)
-            extractor = self.metric.inception  # torchmetrics' Inception, or the custom `feature`
+        if self.extractor is None:
+            self.extractor = build_extractor(self.feature, self.weights_path)
             weights = hashlib.sha256()  # of every weight: other weights, other features, another cache key
-            for tensor in extractor.state_dict().values():
+            for tensor in self.extractor.state_dict().values():
                 tensor = tensor.detach().cpu().contiguous().reshape(-1)
                 weights.update(str(tensor.dtype).encode())
                 weights.update(tensor.view(torch.uint8).numpy().tobytes())
-            self._extractor_id = f"{_qualname(extractor)}:{self.num_features}:{weights.hexdigest()[:20]}"
-            # Keep the features FID sums, (N, num_features), for KID and the neighbour metrics: no second forward.
-            extractor.register_forward_hook(lambda module, args, output: self._kept.append(
-                output.detach().reshape(args[0].shape[0], -1)))
+            self._extractor_id = f"{_qualname(self.extractor)}:{self.num_features}:{weights.hexdigest()[:20]}"
 
-    def _take_features(self) -> Tensor:
-        features, self._kept = torch.cat(self._kept), []
-        return features
+    def _features(self, images: Tensor) -> Tensor:
+        """(N, num_features) features of [-1, 1] images (N, C, H, W)."""
+        return self.extractor(metric_input(images, isinstance(self.feature, nn.Module))).reshape(len(images), -1)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or self.metric is None:
+        if trainer.sanity_checking or self.extractor is None:
             return
         if trainer.state.fn == TrainerFn.FITTING:
             # Also where the fit loop stops after this batch, so that FID scores the final state. should_stop:
@@ -247,7 +241,7 @@ class FIDCallback(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The run ended in a state no validation scored: score it here (self.log is closed by now).
         unscored = self._scored_step != trainer.global_step
-        if self.metric is None or not trainer.strategy.broadcast(unscored, src=0):
+        if self.extractor is None or not trainer.strategy.broadcast(unscored, src=0):
             return
         if _first_val_loader(trainer) is None:  # the same on every rank: no rank computes
             rank_zero_warn("FID was not computed at the end of training: there is no validation data to take the real "
@@ -274,32 +268,23 @@ class FIDCallback(Callback):
             for buffer in pl_module.sampling_generator.buffers() if world_size > 1 else []:
                 dist.broadcast(buffer, src=0)
             fake = []  # this rank's generated features, chunk by chunk
-            try:
-                with _progress(trainer, "FID: generated images", sum(sizes[rank::world_size])) as bar:
-                    for chunk, size in enumerate(sizes):
-                        noise = pl_module.noise(size, noise_source)  # on every rank: chunk k is always the same
-                        if chunk % world_size == rank:
-                            images = pl_module.sample(size, noise=noise)
-                            self.metric.update(metric_input(images, isinstance(self.feature, nn.Module)), real=False)
-                            fake.append(self._take_features())
-                            bar.update(size)
-                fid = self.metric.compute()
-            finally:
-                self.metric.reset()  # drops the generated statistics only (reset_real_features=False)
-                self._kept = []
+            with _progress(trainer, "FID: generated images", sum(sizes[rank::world_size])) as bar:
+                for chunk, size in enumerate(sizes):
+                    noise = pl_module.noise(size, noise_source)  # on every rank: chunk k is always the same
+                    if chunk % world_size == rank:
+                        fake.append(self._features(pl_module.sample(size, noise=noise)))
+                        bar.update(size)
             owners = [chunk % world_size for chunk, size in enumerate(sizes) for _ in range(size)]
-            fake = _gather_rows(trainer, torch.cat(fake), owners)
-            scores = self._feature_scores(trainer, fake)
-        scores = {f"val/{name}": torch.tensor(value, device=fid.device) for name, value in scores.items()}
-        return {"val/fid": fid, **scores}
+            scores = self._feature_scores(trainer, _gather_rows(trainer, torch.cat(fake), owners))
+        return {f"val/{name}": torch.tensor(value, device=pl_module.device) for name, value in scores.items()}
 
     def _feature_scores(self, trainer: Trainer, fake: Tensor | None) -> dict[str, float]:
-        """KID and the neighbour metrics, computed on rank 0's device and broadcast to every rank."""
+        """Every metric of the real and generated features, computed on rank 0's device and sent to every rank."""
         scores = None
         if trainer.is_global_zero:
             real = self.real_features.to(fake.device)
             mean, std = kid(real, fake, self.kid_subsets, self.kid_subset_size)
-            scores = {"kid": mean, "kid_std": std}
+            scores = {"fid": frechet_distance(real, fake), "kid": mean, "kid_std": std}
             if min(len(real), len(fake)) > self.prdc_k:
                 scores.update(prdc(real, fake, self.prdc_k, KNN_CHUNK))
             else:
@@ -322,19 +307,14 @@ class FIDCallback(Callback):
             cache = Path(self.cache_dir) / f"fid_real_{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
         loaded = cache is not None and cache.is_file() and self._load_cache(cache, key)
         if not trainer.strategy.broadcast(loaded, src=0):
-            self._set_real(None)
             indices = self._real_indices(loader)
-            features = self._update_real(loader, trainer, indices)
+            features = self._real_features(loader, trainer, indices)
             self.real_features = _gather_rows(trainer, features, [i % trainer.world_size for i in range(len(indices))])
-            self._set_real([trainer.strategy.reduce(getattr(self.metric, name).clone(), reduce_op="sum")
-                            for name in REAL_STATES])
             if cache is not None:
                 self._save_cache(cache, key)
-        if not trainer.is_global_zero:
-            self._set_real(None)  # rank 0 alone holds the totals that compute() sums
         self._real_key = key
-        count = int(self.metric.real_features_num_samples)
-        _warn_if_few("the number of real validation images", count, self.num_features)  # on rank 0 only
+        if trainer.is_global_zero:  # only rank 0 holds them
+            _warn_if_few("the number of real validation images", len(self.real_features), self.num_features)
 
     def _real_indices(self, loader: DataLoader) -> list[int]:
         """The real images used: all the dataset's, or ``num_real`` at an even stride; rank r takes items r, r+W, ..."""
@@ -344,18 +324,18 @@ class FIDCallback(Callback):
 
     def _real_batches(self, loader: DataLoader, trainer: Trainer, indices: list[int],
                       description: str) -> Iterable[Tensor]:
-        """This rank's share of the real images at ``indices``, batch by batch, on the metric's device."""
+        """This rank's share of the real images at ``indices``, batch by batch, on the trainer's device."""
         mine = indices[trainer.global_rank::trainer.world_size]
         shard = DataLoader(Subset(loader.dataset, mine), batch_size=loader.batch_size or self.batch_size,
                            num_workers=loader.num_workers, collate_fn=loader.collate_fn)
         with _progress(trainer, description, len(mine)) as bar:
             for batch in shard:
-                images = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(self.metric.device)
+                images = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(trainer.strategy.root_device)
                 yield images
                 bar.update(images.shape[0])
 
     def _real_content(self, loader: DataLoader, trainer: Trainer) -> str:
-        """SHA-256 of every real image used, as the metric sees it (uint8), in order, on every rank. Each rank
+        """SHA-256 of every real image used, as the extractor sees it (uint8), in order, on every rank. Each rank
         hashes its share image by image, so any number of ranks gives the same digest."""
         indices = self._real_indices(loader)
         batches = self._real_batches(loader, trainer, indices, "FID: hashing the real images")
@@ -367,21 +347,13 @@ class FIDCallback(Callback):
         digest = hashlib.sha256(everything.cpu().numpy().tobytes()).hexdigest()[:20] if trainer.is_global_zero else None
         return trainer.strategy.broadcast(digest, src=0)
 
-    def _update_real(self, loader: DataLoader, trainer: Trainer, indices: list[int]) -> Tensor:
-        """Feed the metric this rank's share of the real images at ``indices``; returns their features, in order."""
+    def _real_features(self, loader: DataLoader, trainer: Trainer, indices: list[int]) -> Tensor:
+        """The features of this rank's share of the real images at ``indices``, in order."""
         features = []
         for images in self._real_batches(loader, trainer, indices, "FID: real statistics (once, then cached)"):
-            self.metric.update(metric_input(images, isinstance(self.feature, nn.Module)), real=True)
-            features.append(self._take_features())
+            features.append(self._features(images))
             self.real_images_processed += images.shape[0]
-        return torch.cat(features) if features else torch.zeros(0, self.num_features, device=self.metric.device)
-
-    def _set_real(self, values: list[Tensor] | None) -> None:
-        """Set the real states to ``values`` (in ``REAL_STATES`` order), or to zeros."""
-        for i, name in enumerate(REAL_STATES):
-            current = getattr(self.metric, name)
-            value = torch.zeros_like(current) if values is None else values[i]
-            setattr(self.metric, name, value.to(device=current.device, dtype=current.dtype))
+        return torch.cat(features) if features else torch.zeros(0, self.num_features, device=trainer.strategy.root_device)
 
     def _real_key_of(self, trainer: Trainer, loader: DataLoader) -> str:
         return json.dumps({
@@ -397,18 +369,17 @@ class FIDCallback(Callback):
     def _load_cache(self, path: Path, key: str) -> bool:
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
-            self._set_real([cached[name] for name in REAL_STATES])  # zeroed by the caller on a False
-            self.real_features = cached["real_features"].to(self.metric.device)
-            return cached["key"] == key
+            if cached["key"] != key:
+                return False
+            self.real_features = cached["real_features"]
+            return True
         except Exception as error:  # a truncated or foreign file: recompute and overwrite it
             rank_zero_warn(f"Ignoring the unreadable FID cache {path} ({error}); recomputing it.")
             return False
 
     def _save_cache(self, path: Path, key: str) -> None:
-        state = {name: getattr(self.metric, name).cpu() for name in REAL_STATES}
-        state["real_features"] = self.real_features.cpu()  # KID and the neighbour metrics need the features
         buffer = io.BytesIO()
-        torch.save({"key": key, **state}, buffer)
+        torch.save({"key": key, "real_features": self.real_features.cpu()}, buffer)
         try:  # atomic: a crash never leaves a half-written cache
             write_atomically({path: buffer.getbuffer()}, "the FID cache", "set `--fid.cache_dir` to another folder")
         except OSError as error:  # the cache only saves time: training goes on without it

@@ -1,6 +1,6 @@
-"""KID, precision/recall and density/coverage as pure functions of two feature sets, (N, D) real and
-(M, D) generated, on whatever device the features are; memory is bounded by ``subset_size`` and ``chunk``,
-never by N or M. FID stays torchmetrics' (gan_modules/fid.py)."""
+"""FID, KID, precision/recall and density/coverage as pure functions of two feature sets, (N, D) real and
+(M, D) generated, on whatever device the features are; memory is bounded by D², ``subset_size`` and ``chunk``,
+never by N or M. FID is torchmetrics' own computation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 KID_SEED = 2020  # torch-fidelity's `rng_seed`: the same subsets as its KID on the same features
 
@@ -24,6 +25,24 @@ def full_float32_matmuls() -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+class _GivenFeatures(nn.Identity):
+    """The "extractor" of features already extracted: torchmetrics' FID then sums exactly what it is given."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+
+def frechet_distance(real: Tensor, fake: Tensor) -> float:
+    """FID (Heusel et al. 2017, arXiv:1706.08500) of (N, D) real and (M, D) generated features: torchmetrics'
+    ``FrechetInceptionDistance`` fed the features themselves, so its own maths (float64 means and covariances, the
+    trace of the covariances' product's square root from its eigenvalues) gives the number."""
+    metric = FrechetInceptionDistance(feature=_GivenFeatures(real.shape[1]), sync_on_compute=False).to(real.device)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    return metric.compute().item()
 
 
 @full_float32_matmuls()

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from datamodules import MNISTDataModule
 from gan_modules.digit_features import DigitFeatures
-from gan_modules.fid import build_fid_metric, metric_input
+from gan_modules.fid import metric_input
+from gan_modules.metrics import frechet_distance
 
 
 def train_digit_features(data_dir: str, path: Path, epochs: int = 20, seed: int = 0) -> float:
@@ -50,13 +51,13 @@ def real_fid_floor(data_dir: str, weights: Path, num_samples: int, seed: int = 0
     samples, the floor against which the models' FIDs read. Returns (FID, training digits used)."""
     data = MNISTDataModule(data_dir, batch_size=256, download=False)
     data.setup()
-    metric = build_fid_metric(DigitFeatures(str(weights)))  # the runs' FID with these features
+    extractor = DigitFeatures(str(weights))  # the runs' FID with these features
     index = torch.randperm(len(data.train_set), generator=torch.Generator().manual_seed(seed))[:num_samples]
+    loader = torch.utils.data.DataLoader
     with torch.inference_mode():
-        for subset, real in ((torch.utils.data.Subset(data.train_set, index.tolist()), False), (data.val_set, True)):
-            for images, _ in torch.utils.data.DataLoader(subset, batch_size=256):
-                metric.update(as_metric_input(images), real=real)
-        return float(metric.compute()), len(index)
+        real, fake = (torch.cat([extractor(as_metric_input(images)) for images, _ in loader(subset, batch_size=256)])
+                      for subset in (data.val_set, torch.utils.data.Subset(data.train_set, index.tolist())))
+        return frechet_distance(real, fake), len(index)
 
 
 def as_metric_input(images: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from conftest import write_mnist
 from datamodules.mnist import MNISTDataModule
 from gan_modules import DCGAN
 from gan_modules.callbacks import RunMonitor
-from gan_modules.fid import FIDCallback, build_fid_metric, metric_input
+from gan_modules.fid import FIDCallback, build_extractor, metric_input
 
 REPO = Path(__file__).resolve().parents[1]
 SCORES = ("val/fid", "val/kid", "val/kid_std", "val/precision", "val/recall", "val/density", "val/coverage")
@@ -253,8 +253,6 @@ def test_real_statistics_are_computed_once_and_read_back_by_a_second_fit(tmp_pat
     assert first_extractor.images_seen == 20 + 2 * 24  # real once, samples at both validations
     assert second_extractor.images_seen == 2 * 24
     assert len(list((tmp_path / "cache").glob("fid_real_*.pt"))) == 1
-    for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
-        assert torch.equal(getattr(first.metric, name), getattr(second.metric, name))
     assert first.real_features.shape == (20, 16) and torch.equal(first.real_features, second.real_features)
 
 
@@ -427,7 +425,7 @@ def test_inception_without_network_says_how_to_pass_local_weights(monkeypatch: p
     monkeypatch.setattr(inception, "load_state_dict_from_url", offline)  # offline even where there is network
     # From Python the advice names the arguments; train.py names the flags (tests/test_first_hour.py).
     with pytest.raises(RuntimeError, match=r"could not be downloaded.*`enabled=False`.*`weights_path=PATH`"):
-        build_fid_metric(2048)
+        build_extractor(2048)
     callback = FIDCallback(feature=64, num_samples=64)
     with pytest.raises(RuntimeError, match="`weights_path=PATH`"):
         callback.setup(quiet_trainer(), tiny_dcgan(), "fit")
@@ -448,7 +446,7 @@ def test_fid_switched_off_does_nothing_at_all(tmp_path: Path, monkeypatch: pytes
     trainer.fit(tiny_dcgan(), mnist(data_dir))
     results = trainer.validate(tiny_dcgan(), mnist(data_dir), verbose=False)
     assert "val/fid" not in trainer.callback_metrics and "val/fid" not in results[0]
-    assert callback.metric is None and callback.real_images_processed == 0
+    assert callback.extractor is None and callback.real_images_processed == 0
     assert not (tmp_path / "cache").exists()
 
 
@@ -468,12 +466,12 @@ def test_inception_runs_offline_from_a_local_weights_file(tmp_path: Path, monkey
                                batch_size=8, cache_dir=None)
         results = quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)
     assert results[0]["val/fid"] > 0
-    assert torch.equal(callback.metric.inception.Conv2d_1a_3x3.conv.weight, weights["Conv2d_1a_3x3.conv.weight"])
+    assert torch.equal(callback.extractor.Conv2d_1a_3x3.conv.weight, weights["Conv2d_1a_3x3.conv.weight"])
 
 
 def test_a_missing_weights_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"No Inception weights file at .*nowhere\.pth"):
-        build_fid_metric(2048, weights_path=str(tmp_path / "nowhere.pth"))
+        build_extractor(2048, weights_path=str(tmp_path / "nowhere.pth"))
 
 
 if __name__ == "__main__":
