@@ -305,7 +305,7 @@ class FIDCallback(Callback):
         cache = None  # only rank 0 reads and writes it
         if self.cache_dir is not None and trainer.is_global_zero:
             cache = Path(self.cache_dir) / f"fid_real_{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
-        loaded = cache is not None and cache.is_file() and self._load_cache(cache, key)
+        loaded = cache is not None and cache.is_file() and self._load_cache(cache, key, trainer.strategy.root_device)
         if not trainer.strategy.broadcast(loaded, src=0):
             indices = self._real_indices(loader)
             features = self._real_features(loader, trainer, indices)
@@ -366,12 +366,12 @@ class FIDCallback(Callback):
             "feature_extractor": self._extractor_id,
         }, sort_keys=True)
 
-    def _load_cache(self, path: Path, key: str) -> bool:
+    def _load_cache(self, path: Path, key: str, device: torch.device) -> bool:
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
             if cached["key"] != key:
                 return False
-            self.real_features = cached["real_features"]
+            self.real_features = cached["real_features"].to(device)  # once, not at every evaluation
             return True
         except Exception as error:  # a truncated or foreign file: recompute and overwrite it
             rank_zero_warn(f"Ignoring the unreadable FID cache {path} ({error}); recomputing it.")
