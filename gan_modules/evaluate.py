@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import logging
 import sys
@@ -16,13 +15,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 
 import datamodules
 from gan_modules.checkpoint_io import resolve_checkpoint, write_atomically
-from gan_modules.fid import INCEPTION_FEATURES, WEIGHTS_FILE, FIDCallback
+from gan_modules.fid import INCEPTION_FEATURES, WEIGHTS_FILE, FIDCallback, package_version
 from gan_modules.flags import init_arguments, on_the_command_line
 from gan_modules.metrics import KID_SEED
 from gan_modules.sampling import load_generator_checkpoint, output_problem, parse_device
@@ -118,7 +118,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                       logger=False, enable_checkpointing=False, enable_model_summary=False, limit_val_batches=1,
                       callbacks=[callback])
     scores = trainer.validate(model, datamodule, verbose=False)[0]
-    metrics = {name: scores[f"val/{name}"] for name in
+    # Logged as float32: written with the digits a float32 has (0.725, not 0.7250000238418579).
+    metrics = {name: float(str(np.float32(scores[f"val/{name}"]))) for name in
                ("fid", "kid", "kid_std", "precision", "recall", "density", "coverage") if f"val/{name}" in scores}
     height, width = datamodule.image_shape[1:]
     report = {
@@ -139,7 +140,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             "kid": {"subsets": callback.kid_subsets, "subset_size": min(callback.kid_subset_size, real,
                                                                          args.num_samples), "seed": KID_SEED},
             "prdc_k": callback.prdc_k,
-            "versions": {name: _version(name)
+            "versions": {name: package_version(name)
                          for name in ("lightning-gans", "torch", "torchmetrics", "torch-fidelity")},
             "device": args.device,
         },
@@ -195,13 +196,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             sha.update(block)
     return sha.hexdigest()
-
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 if __name__ == "__main__":

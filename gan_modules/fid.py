@@ -6,6 +6,7 @@ The metrics are functions of the two feature sets (gan_modules/metrics.py; FID i
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import json
 import sys
@@ -204,8 +205,11 @@ class FIDCallback(Callback):
             InceptionWeightsError: see :func:`build_extractor`.
         """
         if self.extractor is None:
-            self.extractor = build_extractor(self.feature, self.weights_path)
-            weights = hashlib.sha256()  # of every weight: other weights, other features, another cache key
+            self.extractor = build_extractor(self.feature, self.weights_path).eval()  # a custom one's dropout too
+            # Of its settings (repr: a custom module names them in `extra_repr`), the versions of the preprocessing
+            # code and every weight: other settings, code or weights, other features, another cache key.
+            code = "/".join(package_version(name) for name in ("torchmetrics", "torch-fidelity"))
+            weights = hashlib.sha256(f"{self.extractor!r}/{code}".encode())
             for tensor in self.extractor.state_dict().values():
                 tensor = tensor.detach().cpu().contiguous().reshape(-1)
                 weights.update(str(tensor.dtype).encode())
@@ -259,8 +263,8 @@ class FIDCallback(Callback):
         generated images (collective under DDP): ``{"val/fid": ..., "val/kid": ..., ...}``, the same on every rank."""
         rank, world_size = trainer.global_rank, trainer.world_size
         n, batch = self.num_samples, self.batch_size
-        sizes = [min(batch, n - start) for start in range(0, n, batch)]  # the chunks of latent vectors
-        noise_source = torch.Generator().manual_seed(self.seed)
+        # Drawn at once, as `sample` draws them: the same images whatever the batch size and the number of ranks.
+        noises = pl_module.noise(n, torch.Generator().manual_seed(self.seed)).split(batch)
         with torch.inference_mode():
             self._ensure_real_statistics(trainer)
             # Batch-norm running statistics (the moving average's too) are updated per rank by the last training
@@ -268,13 +272,11 @@ class FIDCallback(Callback):
             for buffer in pl_module.sampling_generator.buffers() if world_size > 1 else []:
                 dist.broadcast(buffer, src=0)
             fake = []  # this rank's generated features, chunk by chunk
-            with _progress(trainer, "FID: generated images", sum(sizes[rank::world_size])) as bar:
-                for chunk, size in enumerate(sizes):
-                    noise = pl_module.noise(size, noise_source)  # on every rank: chunk k is always the same
-                    if chunk % world_size == rank:
-                        fake.append(self._features(pl_module.sample(size, noise=noise)))
-                        bar.update(size)
-            owners = [chunk % world_size for chunk, size in enumerate(sizes) for _ in range(size)]
+            with _progress(trainer, "FID: generated images", sum(map(len, noises[rank::world_size]))) as bar:
+                for noise in noises[rank::world_size]:  # chunk k on rank k mod W
+                    fake.append(self._features(pl_module.sample(len(noise), noise=noise)))
+                    bar.update(len(noise))
+            owners = [chunk % world_size for chunk, noise in enumerate(noises) for _ in range(len(noise))]
             scores = self._feature_scores(trainer, _gather_rows(trainer, torch.cat(fake), owners))
         return {f"val/{name}": torch.tensor(value, device=pl_module.device) for name, value in scores.items()}
 
@@ -295,6 +297,10 @@ class FIDCallback(Callback):
 
     def _ensure_real_statistics(self, trainer: Trainer) -> None:
         loader = _first_val_loader(trainer)
+        if len(loader.dataset) < 2:  # the same on every rank: all raise, none waits in a collective
+            raise ValueError(advice(f"FID, KID and precision/recall need at least 2 real images, and the validation "
+                                    f"split holds {len(loader.dataset)}: give it more images, or turn the metrics off "
+                                    f"with `--fid.enabled false`."))
         if self._content is None:  # collective: every rank hashes its share
             self._content = self._real_content(loader, trainer)
         # Rank 0's key decides for all ranks, so they all take the same branch below (collectives).
@@ -428,6 +434,14 @@ def _progress(trainer: Trainer, description: str, total: int) -> tqdm:
     """A console bar of an evaluation's images, shown on rank 0 while the trainer shows progress."""
     shown = trainer.is_global_zero and trainer.progress_bar_callback is not None
     return tqdm(total=total, desc=description, unit="img", file=sys.stdout, dynamic_ncols=True, disable=not shown)
+
+
+def package_version(distribution: str) -> str:
+    """The installed version of ``distribution``, or ``not installed``."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _qualname(obj: object) -> str:

@@ -1,6 +1,7 @@
 """FID, KID, precision/recall and density/coverage as pure functions of two feature sets, (N, D) real and
-(M, D) generated, on whatever device the features are; memory is bounded by D², ``subset_size`` and ``chunk``,
-never by N or M. FID is torchmetrics' own computation."""
+(M, D) generated, on whatever device the features are. Beyond the features, KID's and the neighbour metrics' memory
+is bounded by ``subset_size`` and ``chunk``, never by N or M; FID is torchmetrics' own computation, which holds a
+float64 copy of both feature sets."""
 
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def prdc(real: Tensor, fake: Tensor, k: int = 3, chunk: int = 4096) -> dict[str,
     in_real_ball = torch.zeros(len(fake), dtype=torch.bool, device=fake.device)  # precision
     real_balls_around = torch.zeros(len(fake), dtype=torch.float64, device=fake.device)  # density
     in_fake_ball = torch.zeros(len(real), dtype=torch.bool, device=real.device)  # recall
-    nearest_fake = torch.full((len(real),), float("inf"), device=real.device)  # coverage
+    nearest_fake = torch.full((len(real),), float("inf"), dtype=real.dtype, device=real.device)  # coverage
     for i in range(0, len(real), chunk):
         rows, radii = real[i:i + chunk], real_radii[i:i + chunk, None]
         for j in range(0, len(fake), chunk):

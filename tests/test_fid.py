@@ -399,6 +399,62 @@ def test_too_few_images_for_the_neighbour_metrics_leave_them_out_with_a_warning(
     assert "val/kid" in results and "val/fid" in results and "val/precision" not in results
 
 
+def test_a_validation_split_of_one_image_is_refused_naming_the_count(tmp_path: Path) -> None:
+    data_dir = write_mnist(tmp_path / "data", n_train=8, n_test=1)
+    callback = FIDCallback(feature=PooledPixels(), num_samples=16, batch_size=8, cache_dir=None)
+    with pytest.raises(ValueError, match=r"at least 2 real images, and the validation split holds 1: .*turn the metrics off"):
+        quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)
+
+
+def test_the_scores_do_not_depend_on_the_batch_size(tmp_path: Path) -> None:
+    # latent_dim 8: chunks of 5 draw 40 numbers each, of 16 draw 128; the CPU's normal sampler gives other
+    # numbers for counts that are not multiples of 16, so drawing chunk by chunk changed the images.
+    data_dir = write_mnist(tmp_path / "data", n_train=8, n_test=20)
+    scores = []
+    for batch_size in (5, 16):
+        callback = FIDCallback(feature=PooledPixels(), num_samples=20, batch_size=batch_size, cache_dir=None)
+        scores.append(quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)[0])
+    assert scores[0] == scores[1]
+
+
+class DroppedPixels(PooledPixels):
+    """PooledPixels with dropout on its features: random in training mode."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(super().forward(x), 0.5, self.training)
+
+
+def test_a_custom_extractor_runs_in_eval_mode(tmp_path: Path) -> None:
+    real = smooth_rgb_images(32)
+    callback = FIDCallback(feature=DroppedPixels(), num_samples=32, batch_size=16, cache_dir=None)
+    fid = quiet_trainer(callbacks=[callback]).validate(Replay(real, real), verbose=False)[0]["val/fid"]
+    assert abs(fid) < 1e-6 and not callback.extractor.training  # dropout would make the two feature sets differ
+
+
+class PooledBy(PooledPixels):
+    """PooledPixels by average or maximum: a setting that changes the features and no weight, named by extra_repr."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        pool = F.adaptive_avg_pool2d if self.mode == "avg" else F.adaptive_max_pool2d
+        return pool(x.float().mean(1, keepdim=True), 4).flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}"
+
+
+def test_an_extractor_setting_named_in_its_repr_gets_its_own_cache_entry(tmp_path: Path) -> None:
+    data_dir = write_mnist(tmp_path / "data", n_train=8, n_test=20)
+    for mode in ("avg", "max", "avg"):
+        callback = FIDCallback(feature=PooledBy(mode), num_samples=16, batch_size=8, cache_dir=str(tmp_path / "cache"))
+        quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)
+        fresh = callback.real_images_processed
+    assert fresh == 0 and len(list((tmp_path / "cache").glob("fid_real_*.pt"))) == 2
+
+
 def test_fewer_samples_than_features_warn() -> None:
     with pytest.warns(UserWarning, match="unreliable"):
         FIDCallback(feature=PooledPixels(), num_samples=8)

@@ -24,6 +24,7 @@ VALUES = {
     "feature": ("64", 64),
     "weights_path": ("inception.pth", "inception.pth"),
     "num_samples": ("4096", 4096),
+    "num_real": ("500", 500),
     "every_n_epochs": ("2", 2),
     "batch_size": ("16", 16),
     "seed": ("3", 3),
