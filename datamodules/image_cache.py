@@ -42,11 +42,16 @@ def find_images(folder: Path, skip: Path | None = None) -> list[str]:
     """Image files under ``folder``, recursively, as sorted POSIX paths relative to it, without hidden files
     and folders (``.name``), the folder ``skip`` (the cache) and what is not a regular file (a named pipe
     called ``x.png`` would block the decoder forever)."""
-    seen = {skip.resolve()} if skip is not None else set()  # real paths: linked folders are followed once
+    seen = {Path(folder).resolve(), *([skip.resolve()] if skip is not None else [])}  # real paths, each walked once
     found = []
     for parent, folders, names in os.walk(folder, followlinks=True):
-        seen.add(Path(parent).resolve())
-        folders[:] = [f for f in folders if not f.startswith(".") and (Path(parent) / f).resolve() not in seen]
+        kept = []
+        for name in sorted(folders):  # marked when listed: two links to one folder, or a link beside it, count once
+            path = (Path(parent) / name).resolve()
+            if not name.startswith(".") and path not in seen:
+                seen.add(path)
+                kept.append(name)
+        folders[:] = kept
         relative = Path(parent).relative_to(folder)
         found += [(relative / name).as_posix() for name in names if not name.startswith(".")
                   and name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(parent, name))]

@@ -83,7 +83,10 @@ class SampleGridCallback(Callback):
         dataset = getattr(loader, "dataset", None)
         if experiment is None or dataset is None or trainer.global_step > 0:  # once per run, not on resume
             return
-        items = [dataset[i] for i in range(min(self.num_samples, len(dataset)))]  # indexing: no sampler state
+        # Indexing: no sampler state. An unreadable image (None, with `--data.cache false`) is left out.
+        items = [item for i in range(min(self.num_samples, len(dataset))) if (item := dataset[i]) is not None]
+        if not items:
+            return
         real = torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
         experiment.add_image("data/real", image_grid(real, self.nrow), global_step=0)
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.data import _update_dataloader
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DistributedSampler
 
 import datamodules.image_cache as image_cache
@@ -56,6 +58,16 @@ def test_finds_images_recursively_in_every_format(folder: Path) -> None:
     assert len(files) == 20 and files == sorted(files)
     assert {"c/y.JPG", "c/z.PNG", "d.bmp", "e.webp", "f.tif", "g/h/i/j.gif"} <= set(files)
     assert not any(".hidden" in name or "skip" in name or name.endswith(".txt") for name in files)
+
+
+def test_linked_folders_are_listed_once(folder: Path) -> None:
+    (folder / "a-link").symlink_to(folder / "a", target_is_directory=True)  # beside the folder it links to
+    (folder / "c" / "b-link").symlink_to(folder / "a" / "b", target_is_directory=True)  # to a folder deeper down
+    (folder / "g" / "c-link").symlink_to(folder / "c", target_is_directory=True)
+    (folder / "g" / "c-link-2").symlink_to(folder / "c", target_is_directory=True)  # two links to one folder
+    (folder / "g" / "h" / "up").symlink_to(folder, target_is_directory=True)  # a loop
+    files = find_images(folder)
+    assert len(files) == 20 and len({(folder / name).resolve() for name in files}) == 20
 
 
 @pytest.mark.parametrize("cache", [True, False])
@@ -219,6 +231,24 @@ def test_trains_and_validates_a_dcgan_from_the_cache(folder: Path) -> None:
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=datamodule)
     assert (model.critic_steps, model.generator_steps) == (2, 2)
+
+
+def test_an_unreadable_image_is_left_out_of_the_real_grid_without_the_cache(folder: Path, tmp_path: Path) -> None:
+    from gan_modules import DCGAN
+    from gan_modules.callbacks import SampleGridCallback
+
+    datamodule = ImageFolderDataModule(str(folder), batch_size=4, image_size=16, cache=False, val_fraction=0.2)
+    datamodule.setup("fit")
+    broken = folder / datamodule.val_set.files[0]
+    broken.write_text("<html>not an image</html>")  # the first image of the grid drawn before training
+    trainer = Trainer(max_steps=1, limit_val_batches=1, accelerator="cpu", logger=TensorBoardLogger(tmp_path, "run"),
+                      callbacks=[SampleGridCallback(num_samples=4, nrow=2)], enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    with pytest.warns(UserWarning, match=f"cannot read image {broken}"):
+        trainer.fit(DCGAN(image_shape=(3, 16, 16), generator_width=4, critic_width=4), datamodule=datamodule)
+    events = EventAccumulator(str(tmp_path / "run" / "version_0"))
+    events.Reload()
+    assert len(events.Images("data/real")) == 1
 
 
 # --- errors --------------------------------------------------------------------------------------
