@@ -241,6 +241,8 @@ class FIDCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A resumed fit that trains nothing ends in its checkpoint's state, scored by the run that wrote it.
         self._scored_step = trainer.global_step if trainer.ckpt_path else None
+        if self.extractor is not None:  # before training, not at the first score
+            _check_real_count(_first_val_loader(trainer))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The run ended in a state no validation scored: score it here (self.log is closed by now).
@@ -297,10 +299,7 @@ class FIDCallback(Callback):
 
     def _ensure_real_statistics(self, trainer: Trainer) -> None:
         loader = _first_val_loader(trainer)
-        if len(loader.dataset) < 2:  # the same on every rank: all raise, none waits in a collective
-            raise ValueError(advice(f"FID, KID and precision/recall need at least 2 real images, and the validation "
-                                    f"split holds {len(loader.dataset)}: give it more images, or turn the metrics off "
-                                    f"with `--fid.enabled false`."))
+        _check_real_count(loader)
         if self._content is None:  # collective: every rank hashes its share
             self._content = self._real_content(loader, trainer)
         # Rank 0's key decides for all ranks, so they all take the same branch below (collectives).
@@ -397,6 +396,13 @@ def _warn_if_few(what: str, count: int, num_features: int) -> None:
         rank_zero_warn(f"FID from {count} images ({what}) with {num_features}-dimensional features is unreliable: "
                        f"the covariance estimate is rank-deficient and the score biased. Use at least {num_features} "
                        f"(10,000 or more for a stable score), or a smaller `--fid.feature`.")
+
+
+def _check_real_count(loader: DataLoader | None) -> None:
+    if loader is not None and len(loader.dataset) < 2:  # the same on every rank: all raise, none waits in a collective
+        raise ValueError(advice(f"FID, KID and precision/recall need at least 2 real images, and the validation "
+                                f"split holds {len(loader.dataset)}: give it more images, or turn the metrics off "
+                                f"with `--fid.enabled false`."))
 
 
 def _first_val_loader(trainer: Trainer) -> DataLoader | None:

@@ -400,10 +400,14 @@ def test_too_few_images_for_the_neighbour_metrics_leave_them_out_with_a_warning(
 
 
 def test_a_validation_split_of_one_image_is_refused_naming_the_count(tmp_path: Path) -> None:
-    data_dir = write_mnist(tmp_path / "data", n_train=8, n_test=1)
+    data_dir = write_mnist(tmp_path / "data", n_train=16, n_test=1)
     callback = FIDCallback(feature=PooledPixels(), num_samples=16, batch_size=8, cache_dir=None)
     with pytest.raises(ValueError, match=r"at least 2 real images, and the validation split holds 1: .*turn the metrics off"):
         quiet_trainer(callbacks=[callback]).validate(tiny_dcgan(), mnist(data_dir), verbose=False)
+    model = tiny_dcgan()
+    with pytest.raises(ValueError, match=r"at least 2 real images, and the validation split holds 1"):
+        quiet_trainer(callbacks=[callback], max_steps=4, num_sanity_val_steps=0).fit(model, mnist(data_dir))
+    assert model.critic_steps == 0  # refused before training, not after it
 
 
 def test_the_scores_do_not_depend_on_the_batch_size(tmp_path: Path) -> None:
