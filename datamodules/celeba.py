@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchvision.datasets import CelebA
 
 from datamodules.image_cache import ImageFilesDataModule, ImageList
-from gan_modules.flags import advice
+from gan_modules.flags import SettingError
 
 _IMAGES = "img_align_celeba"
 _ZIP = "img_align_celeba.zip"
@@ -43,9 +43,9 @@ class CelebADataModule(ImageFilesDataModule):
     def __init__(self, data_dir: str = "data", *, crop: Literal["center178", "face"] = "center178",
                  split: Literal["official", "all"] = "official", download: bool = True, **kwargs: Any) -> None:
         if crop not in ("center178", "face"):
-            raise ValueError(advice(f"crop must be 'center178' or 'face', got {crop!r}: set `--data.crop`."))
+            raise SettingError(f"crop must be 'center178' or 'face', got {crop!r}: set `--data.crop`.")
         if split not in ("official", "all"):
-            raise ValueError(advice(f"split must be 'official' or 'all', got {split!r}: set `--data.split`."))
+            raise SettingError(f"split must be 'official' or 'all', got {split!r}: set `--data.split`.")
         super().__init__(data_dir=data_dir, crop=crop, **kwargs)
         self.split = split
         self.download = download
@@ -91,16 +91,16 @@ class CelebADataModule(ImageFilesDataModule):
         partition = self._partition(folder)
         missing = sorted(set(partition) - set(files))
         if missing:
-            raise RuntimeError(
-                advice(f"the CelebA partition file lists {len(missing)} images that are not in {folder}, e.g. "
+            raise SettingError(
+                f"the CelebA partition file lists {len(missing)} images that are not in {folder}, e.g. "
                 f"{', '.join(missing[:5])}: the folder is incomplete. Extract {_ZIP} again (from {_SOURCE}), "
-                f"or set `--data.split all` to use the images that are there."))
+                f"or set `--data.split all` to use the images that are there.")
         train = [row for row, name in enumerate(files) if partition.get(name) == _TRAIN]
         val = [row for row, name in enumerate(files) if partition.get(name) == _VAL]
         if not train or not val:
-            raise RuntimeError(advice(f"the CelebA partition file gives {len(train)} training and {len(val)} "
+            raise SettingError(f"the CelebA partition file gives {len(train)} training and {len(val)} "
                                f"validation images in {folder}: it needs both. Set `--data.split all` to use every "
-                               f"image."))
+                               f"image.")
         return ImageList(folder, files, train, val)
 
     def _partition(self, folder: Path) -> dict[str, int]:
@@ -108,37 +108,36 @@ class CelebADataModule(ImageFilesDataModule):
         places = list(dict.fromkeys([folder.parent, folder.parent.parent, *self._roots]))
         path = next((place / name for place in places for name in _PARTITIONS if (place / name).is_file()), None)
         if path is None:
-            raise RuntimeError(
-                advice(f"CelebA's partition file {_PARTITIONS[0]} is not beside {folder} (looked in "
-                f"{', '.join(str(place) for place in places)}): put it there (from {_SOURCE}), or set "
-                f"`--data.split all` to train on every image without it."))
+            raise SettingError(f"CelebA's partition file {_PARTITIONS[0]} is not beside {folder} (looked in "
+                               f"{', '.join(str(place) for place in places)}): put it there (from {_SOURCE}), or set "
+                               f"`--data.split all` to train on every image without it.")
         partition = {}
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             fields = line.replace(",", " ").split()
             if not fields or (number == 1 and fields[0] == "image_id"):  # blank line, Kaggle's header
                 continue
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-                raise RuntimeError(f"{path}, line {number}: expected 'NNNNNN.jpg P' with P in 0/1/2, got {line!r}: "
+                raise SettingError(f"{path}, line {number}: expected 'NNNNNN.jpg P' with P in 0/1/2, got {line!r}: "
                                    f"replace the file with CelebA's (from {_SOURCE}).")
             partition[fields[0]] = int(fields[1])
         return partition
 
-    def _missing_error(self, why: str) -> RuntimeError:
+    def _missing_error(self, why: str) -> SettingError:
         root = Path(self.data_dir) / "celeba"
-        return RuntimeError(
-            advice(f"CelebA is not in {self.data_dir}. Get img_align_celeba.zip and list_eval_partition.txt from "
+        return SettingError(
+            f"CelebA is not in {self.data_dir}. Get img_align_celeba.zip and list_eval_partition.txt from "
             f"{_SOURCE}, and put them by hand as {root / _ZIP} (extracted on the next run) or as the extracted "
             f"{root / _IMAGES}/000001.jpg ..., with {root / _PARTITIONS[0]}; or point `--data.data_dir` at "
-            f"the folder that holds celeba/. Why they were not found: {' '.join(why.split())}"))
+            f"the folder that holds celeba/. Why they were not found: {' '.join(why.split())}")
 
 
-def _html_error(archive: Path) -> RuntimeError | None:
+def _html_error(archive: Path) -> SettingError | None:
     """The error for a web page saved as the zip (Google Drive's answer when it will not send the file)."""
     with archive.open("rb") as file:
         head = file.read(2048).lower()
     if b"<html" not in head and b"<!doctype html" not in head:
         return None
-    return RuntimeError(
+    return SettingError(
         f"{archive} is an HTML page, not a zip: Google Drive sends its 'quota exceeded' or virus-scan "
         f"warning page instead of the file when too many people downloaded it. Delete it, download "
         f"img_align_celeba.zip by hand in a browser (from {_SOURCE}) and put it at {archive}, or extract "
@@ -148,7 +147,7 @@ def _html_error(archive: Path) -> RuntimeError | None:
 def _extract(archive: Path) -> None:
     """Extract the official zip beside itself into ``img_align_celeba/``, all or nothing."""
     if not zipfile.is_zipfile(archive):
-        raise _html_error(archive) or RuntimeError(
+        raise _html_error(archive) or SettingError(
             f"{archive} is not a zip archive (an incomplete download?): delete it and download it again (from "
             f"{_SOURCE}), or extract it by hand to {archive.parent / _IMAGES}/.")
     target = archive.parent / _IMAGES
@@ -159,7 +158,7 @@ def _extract(archive: Path) -> None:
             with zipfile.ZipFile(archive) as zipped:
                 zipped.extractall(staging)
         except (zipfile.BadZipFile, EOFError, zlib.error) as error:  # a bad CRC, a truncated archive
-            raise RuntimeError(f"{archive} is corrupt ({error}): delete it and download it again (from "
+            raise SettingError(f"{archive} is corrupt ({error}): delete it and download it again (from "
                                f"{_SOURCE}), or extract it by hand to {target}/.") from error
         inner = staging / _IMAGES if (staging / _IMAGES).is_dir() else staging  # the zip holds img_align_celeba/
         if target.is_dir() and not any(target.iterdir()):

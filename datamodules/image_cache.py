@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms.v2 import functional as TF
 
 from datamodules.pipeline import GatheredBatch, ImageDataModule, MirroredDataset, UInt8ImageDataset, to_unit_range
-from gan_modules.flags import advice
+from gan_modules.flags import SettingError
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -106,9 +106,9 @@ def report_unreadable(unreadable: dict[str, str], total: int, folder: Path, stri
     message = (f"{len(unreadable)} of {total} images in {folder} cannot be read (corrupt, truncated or not images): "
                f"{names}{more}.")
     if len(unreadable) == total:
-        raise RuntimeError(f"{message} Delete or replace them.")
+        raise SettingError(f"{message} Delete or replace them.")
     if strict:
-        raise RuntimeError(advice(f"{message} Delete or replace them, or set `--data.strict false` to skip them."))
+        raise SettingError(f"{message} Delete or replace them, or set `--data.strict false` to skip them.")
     rank_zero_warn(f"{message} They are skipped; delete or replace them, or set `--data.strict true` to stop on them.")
 
 
@@ -134,8 +134,8 @@ class ImageFileDataset(Dataset):
             image = load_image(path, self.crop, self.size, self.channels)
         except _UNREADABLE_ERRORS as error:
             if self.strict:
-                raise RuntimeError(advice(f"cannot read image {path} ({error}): delete or replace it, or set "
-                                   f"`--data.strict false` to skip unreadable images.")) from error
+                raise SettingError(f"cannot read image {path} ({error}): delete or replace it, or set "
+                                   f"`--data.strict false` to skip unreadable images.") from error
             if not self._warned:
                 self._warned = True
                 rank_zero_warn(f"cannot read image {path} ({error}); it is skipped, and further unreadable images "
@@ -146,8 +146,8 @@ class ImageFileDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> GatheredBatch:
         readable = [item for item in map(self.__getitem__, indices) if item is not None]
         if not readable:
-            raise RuntimeError(advice(f"all {len(indices)} images of a batch are unreadable: set `--data.cache true` "
-                               f"to find and skip them once, with their names, before training."))
+            raise SettingError(f"all {len(indices)} images of a batch are unreadable: set `--data.cache true` "
+                               f"to find and skip them once, with their names, before training.")
         return GatheredBatch(*default_collate(readable))
 
 
@@ -222,9 +222,9 @@ def _allocate(path: Path, shape: tuple[int, ...]) -> np.memmap:
             with path.open("r+b") as file:
                 os.posix_fallocate(file.fileno(), 0, path.stat().st_size)
     except OSError as error:
-        raise RuntimeError(advice(f"cannot write the {mebibytes:,.1f} MiB image cache in {path.parent} ({error}): set "
+        raise SettingError(f"cannot write the {mebibytes:,.1f} MiB image cache in {path.parent} ({error}): set "
                            f"`--data.cache_dir` to a writable folder with room, or `--data.cache false` to decode "
-                           f"while training.")) from error
+                           f"while training.") from error
     return array
 
 
@@ -298,12 +298,12 @@ class ImageFilesDataModule(ImageDataModule):
     def __init__(self, *, data_dir: str, crop: Crop = "center", cache: bool = True, cache_dir: str | None = None,
                  strict: bool = False, hflip: bool = False, **kwargs: Any) -> None:
         if crop not in ("center", "center178", "face"):
-            raise ValueError(advice(f"crop must be 'center', 'center178' or 'face', got {crop!r}: set `--data.crop`."))
+            raise SettingError(f"crop must be 'center', 'center178' or 'face', got {crop!r}: set `--data.crop`.")
         super().__init__(**kwargs)
         if self.on_device and not cache:
-            raise ValueError(advice("on_device keeps the decoded training images on the device, but cache is false, so "
-                             "they are decoded per batch and never held: set `--data.cache true`, or "
-                             "`--data.on_device false`."))
+            raise SettingError("on_device keeps the decoded training images on the device, but cache is false, so "
+                               "they are decoded per batch and never held: set `--data.cache true`, or "
+                               "`--data.on_device false`.")
         self.data_dir = data_dir
         self.crop = crop
         self.cache = cache

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 
 from datamodules.image_cache import IMAGE_EXTENSIONS, ImageFilesDataModule, ImageList, find_images
-from gan_modules.flags import advice
+from gan_modules.flags import SettingError
 
 
 class ImageFolderDataModule(ImageFilesDataModule):
@@ -27,10 +27,10 @@ class ImageFolderDataModule(ImageFilesDataModule):
     def __init__(self, data_dir: str = "data/images", *, channels: Literal[1, 3] = 3, val_fraction: float = 0.05,
                  split_seed: int = 0, **kwargs: Any) -> None:
         if channels not in (1, 3):
-            raise ValueError(advice(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}: "
-                             f"set `--data.channels`."))
+            raise SettingError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}: "
+                               f"set `--data.channels`.")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(advice(f"val_fraction must be in [0, 1), got {val_fraction}: set `--data.val_fraction`."))
+            raise SettingError(f"val_fraction must be in [0, 1), got {val_fraction}: set `--data.val_fraction`.")
         super().__init__(data_dir=data_dir, **kwargs)
         self.channels = channels
         self.val_fraction = val_fraction
@@ -39,19 +39,19 @@ class ImageFolderDataModule(ImageFilesDataModule):
     def image_list(self) -> ImageList:
         root = Path(self.data_dir)
         if not root.is_dir():
-            raise RuntimeError(advice(f"the image folder {root} does not exist: set `--data.data_dir` to a folder of "
-                               f"images."))
+            raise SettingError(f"the image folder {root} does not exist: set `--data.data_dir` to a folder of "
+                               f"images.")
         files = find_images(root, skip=self.cache_dir)
         if not files:
-            raise RuntimeError(advice(f"no images in {root} or its subfolders (looked for "
-                               f"{', '.join(IMAGE_EXTENSIONS)}): set `--data.data_dir` to a folder of images."))
+            raise SettingError(f"no images in {root} or its subfolders (looked for "
+                               f"{', '.join(IMAGE_EXTENSIONS)}): set `--data.data_dir` to a folder of images.")
         if self.val_fraction == 0:
             everything = list(range(len(files)))
             return ImageList(root, files, everything, everything)
         num_val = max(1, round(self.val_fraction * len(files)))
         if num_val >= len(files):
-            raise RuntimeError(advice(f"{root} holds {len(files)} images, too few to hold out {self.val_fraction:.0%} "
+            raise SettingError(f"{root} holds {len(files)} images, too few to hold out {self.val_fraction:.0%} "
                                f"for validation: add images or lower `--data.val_fraction` (0 validates on the "
-                               f"training images)."))
+                               f"training images).")
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
         return ImageList(root, files, sorted(order[num_val:]), sorted(order[:num_val]))

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
 
 from datamodules.pipeline import ImageDataModule, UInt8ImageDataset
-from gan_modules.flags import advice
+from gan_modules.flags import SettingError
 
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _SOURCE = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -85,12 +85,12 @@ class MNISTDataModule(ImageDataModule):
                 raise _corrupt_file_error(labels_path, f"it holds {num_labels} labels for the {num_images} images "
                                           f"of {images_path.name} beside it (the two come from different copies)")
 
-    def _missing_files_error(self, why: str) -> RuntimeError:
-        return RuntimeError(
-            advice(f"MNIST is not in {self.raw_folder}: put the files {', '.join(_FILES)} there (or, with "
+    def _missing_files_error(self, why: str) -> SettingError:
+        return SettingError(
+            f"MNIST is not in {self.raw_folder}: put the files {', '.join(_FILES)} there (or, with "
             f"`--data.download true`, their .gz archives from {_SOURCE}, which are extracted), or point "
             f"`--data.data_dir` at the folder that holds MNIST/raw/. Missing: {', '.join(self._missing())}. "
-            f"Why they were not fetched: {' '.join(why.split())}"))
+            f"Why they were not fetched: {' '.join(why.split())}")
 
 
 def _idx_shape(path: Path, magic: int, kind: str) -> tuple[int, ...]:
@@ -116,7 +116,7 @@ def _idx_shape(path: Path, magic: int, kind: str) -> tuple[int, ...]:
     return shape
 
 
-def _corrupt_file_error(path: Path, what: str) -> RuntimeError:
-    return RuntimeError(
-        advice(f"the MNIST file {path} is corrupt: {what}. Replace it with the original (delete it and run again with "
-        f"`--data.download true`, or put it there from {_SOURCE}, gunzipped)."))
+def _corrupt_file_error(path: Path, what: str) -> SettingError:
+    return SettingError(
+        f"the MNIST file {path} is corrupt: {what}. Replace it with the original (delete it and run again with "
+        f"`--data.download true`, or put it there from {_SOURCE}, gunzipped).")

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
-from gan_modules.flags import advice
+from gan_modules.flags import SettingError
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -169,11 +169,11 @@ class ImageDataModule(LightningDataModule):
         for flag, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
                                    ("image_size", image_size, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(advice(f"{flag} must be an integer >= {least}, got {value!r}: set `--data.{flag}`."))
+                raise SettingError(f"{flag} must be an integer >= {least}, got {value!r}: set `--data.{flag}`.")
         if on_device and num_workers > 0:  # an error, not a silent 0: the user asked for workers
-            raise ValueError(advice(f"on_device keeps the training images on the device and gathers each batch there, "
-                             f"in the training process, so DataLoader workers have nothing to do, but num_workers is "
-                             f"{num_workers}: set `--data.num_workers 0`, or `--data.on_device false`."))
+            raise SettingError(f"on_device keeps the training images on the device and gathers each batch there, "
+                               f"in the training process, so DataLoader workers have nothing to do, but num_workers is "
+                               f"{num_workers}: set `--data.num_workers 0`, or `--data.on_device false`.")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.image_size = image_size
@@ -203,10 +203,10 @@ class ImageDataModule(LightningDataModule):
             devices = f"{world_size} devices ({per_device} images each)" if world_size > 1 else "1 device"
             fix = (f"Set `--data.batch_size` to at most {per_device}, or train on more images or fewer devices"
                    if per_device else f"Train on at most {len(self.train_set)} devices, or on more images")
-            raise ValueError(advice(
+            raise SettingError(
                 f"the training set has {len(self.train_set)} images, fewer than one batch of {self.batch_size} on "
                 f"{devices}: incomplete batches are dropped, so nothing would train. {fix} (`--trainer.devices`, "
-                f"`--trainer.num_nodes`)."))
+                f"`--trainer.num_nodes`).")
 
     def train_dataloader(self) -> DataLoader:
         self._check_setup()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gan_modules.flags import advice
+from gan_modules.flags import SettingError
 
 
 def _uniform(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -73,8 +73,8 @@ def parse_policies(augment: str | None) -> tuple[str, ...]:
     names = tuple(name.strip() for name in (augment or "").split(",") if name.strip())
     unknown = [name for name in names if name not in POLICIES]
     if unknown or len(set(names)) != len(names):
-        raise ValueError(advice(f"augment {augment!r} is not a comma-separated list of distinct DiffAugment policies "
-                                f"({', '.join(POLICIES)}): set e.g. `--model.augment color,translation,cutout`."))
+        raise SettingError(f"augment {augment!r} is not a comma-separated list of distinct DiffAugment policies "
+                           f"({', '.join(POLICIES)}): set e.g. `--model.augment color,translation,cutout`.")
     return names
 
 

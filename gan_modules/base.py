@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from gan_modules.augment import diff_augment, parse_policies
 from gan_modules.checkpoint_io import read_checkpoint
 from gan_modules.continuation import align_epoch_with_data
-from gan_modules.flags import advice
+from gan_modules.flags import SettingError
 from gan_modules.networks import Discriminator, Generator, Norm, resolution_levels
 from gan_modules.run_integrity import (FiniteGuard, attached_trainer, check_checkpoint_fits, check_strategy,
                                        refuse_another_model)
@@ -101,25 +101,27 @@ class GANModule(LightningModule):
         if max_generator_steps is not None:
             _check_positive(max_generator_steps=max_generator_steps)
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ValueError(advice(f"ema_decay must be in [0, 1), got {ema_decay}: set `--model.ema_decay` (e.g. 0.999)."))
+            raise SettingError(f"ema_decay must be in [0, 1), got {ema_decay}: set `--model.ema_decay` (e.g. 0.999).")
         for name, rate in (("critic_lr", critic_lr), ("generator_lr", generator_lr)):
             if rate is not None and not rate > 0:
-                raise ValueError(advice(f"{name} must be > 0, got {rate}: set `--model.{name}` (or leave it unset for `lr`)."))
+                raise SettingError(f"{name} must be > 0, got {rate}: set `--model.{name}` (or leave it unset for "
+                                   f"`lr`).")
         if lr_schedule == "linear" and max_generator_steps is None:
-            raise ValueError(advice("`--model.lr_schedule linear` decays the rates to 0 over `--model.max_generator_steps` "
-                             "generator updates: set `--model.max_generator_steps`, or use `--model.lr_schedule none`."))
+            raise SettingError("`--model.lr_schedule linear` decays the rates to 0 over `--model.max_generator_steps` "
+                               "generator updates: set `--model.max_generator_steps`, or use `--model.lr_schedule "
+                               "none`.")
         if check_finite_every_n_steps is not None and check_finite_every_n_steps < 0:
-            raise ValueError(advice("check_finite_every_n_steps must be >= 0: set `--model.check_finite_every_n_steps`."))
+            raise SettingError("check_finite_every_n_steps must be >= 0: set `--model.check_finite_every_n_steps`.")
         self._policies = parse_policies(augment)
         channels, height, width = image_shape
         if height != width:
-            raise ValueError(advice(f"image_shape {tuple(image_shape)} is not square: set `--data.image_size`."))
+            raise SettingError(f"image_shape {tuple(image_shape)} is not square: set `--data.image_size`.")
         resolution_levels(height)  # raises the unsupported-size error before any layer is built
         # Also records the subclass's own arguments (lr, betas, ...): Lightning collects every
         # __init__ frame of the object.
         self.save_hyperparameters()
         if not self.hparams.get("lr", 1.0) > 0:  # each family declares its own `lr`
-            raise ValueError(advice(f"lr must be > 0, got {self.hparams.lr}: set `--model.lr`."))
+            raise SettingError(f"lr must be > 0, got {self.hparams.lr}: set `--model.lr`.")
         self.automatic_optimization = False
         self.generator = Generator(latent_dim, channels, height, generator_width)
         self.discriminator = Discriminator(channels, height, critic_width, critic_norm, spectral_norm)
@@ -410,11 +412,9 @@ class GANModule(LightningModule):
     def _real_images(self, batch: Any) -> Tensor:
         real = batch[0] if isinstance(batch, (tuple, list)) else batch
         if real.shape[1:] != self._image_shape:
-            raise ValueError(
-                advice(f"The data gives images of shape {tuple(real.shape[1:])} but {type(self).__name__} was "
-                f"built for image_shape {tuple(self.hparams.image_shape)}. Let train.py link "
-                f"`data.image_shape` to the model, or set `--model.image_shape` to match the data.")
-            )
+            raise SettingError(f"The data gives images of shape {tuple(real.shape[1:])} but {type(self).__name__} was "
+                               f"built for image_shape {tuple(self.hparams.image_shape)}. Let train.py link "
+                               f"`data.image_shape` to the model, or set `--model.image_shape` to match the data.")
         return real.contiguous(memory_format=torch.channels_last) if self._channels_last else real
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -480,4 +480,4 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
-            raise ValueError(advice(f"{name} must be a positive integer, got {value}: set `--model.{name}` to 1 or more."))
+            raise SettingError(f"{name} must be a positive integer, got {value}: set `--model.{name}` to 1 or more.")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from gan_modules.fid import FIDCallback
-from gan_modules.flags import advice, init_arguments
+from gan_modules.flags import SettingError, init_arguments
 
 __all__ = ["FIDCallback", "OneDrawProgressBar", "RunMonitor", "SampleGridCallback", "image_grid"]
 
@@ -53,8 +53,8 @@ class SampleGridCallback(Callback):
 
     def __init__(self, num_samples: int = 64, nrow: int = 8, every_n_epochs: int = 1, seed: int = 0) -> None:
         if num_samples < 1 or nrow < 2 or every_n_epochs < 1:
-            raise ValueError(advice("SampleGridCallback needs num_samples >= 1, nrow >= 2 and every_n_epochs >= 1: "
-                             "set `--sample_grid.*`."))
+            raise SettingError("SampleGridCallback needs num_samples >= 1, nrow >= 2 and every_n_epochs >= 1: "
+                               "set `--sample_grid.*`.")
         self.num_samples = num_samples
         self.nrow = nrow
         self.every_n_epochs = every_n_epochs

@@ -35,13 +35,14 @@ from gan_modules.callbacks import FIDCallback, RunMonitor, SampleGridCallback
 from gan_modules.checkpoint_io import (CheckpointReadError, CheckpointWriteError, GANCheckpoint, find_last_checkpoint,
                                        read_checkpoint, resolve_checkpoint)
 from gan_modules.fid import InceptionWeightsError
-from gan_modules.flags import on_the_command_line
+from gan_modules.flags import SettingError, on_the_command_line
 from gan_modules.preemption import StopOnSignal
 from gan_modules.run_integrity import CheckpointMismatchError, check_strategy, refuse_another_model
 from gan_modules.sampling import load_generator_checkpoint, output_problem, parse_device, write_samples
 
 # Errors whose message says it all: one line on stderr, no traceback.
-ONE_LINE_ERRORS = (CheckpointReadError, CheckpointWriteError, CheckpointMismatchError, InceptionWeightsError)
+ONE_LINE_ERRORS = (CheckpointReadError, CheckpointWriteError, CheckpointMismatchError, InceptionWeightsError,
+                   SettingError)
 SAMPLE_HELP = "Write images from a checkpoint's generator: a uint8 tensor file and a PNG grid beside it."
 
 
@@ -337,15 +338,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv[1:] = args  # LightningCLI warns when given both sys.argv and args
     try:
         build_cli(None if argv is None else args)
-    except ONE_LINE_ERRORS as error:  # the message says it all
-        print(f"train.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
     except SIGTERMException as stop:  # stopped, its state saved (GANCheckpoint): not a success for a scheduler
         sys.exit(stop.code if isinstance(stop.code, int) else 128 + signal.SIGTERM)
-    except OSError as error:
-        if error.errno != errno.ENAMETOOLONG:
+    except Exception as error:
+        reason = error  # jsonargparse raises its own error for an argument's, with the argument's as the cause
+        while reason is not None and not isinstance(reason, ONE_LINE_ERRORS):
+            reason = reason.__cause__
+        if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG and reason is None:
+            reason = (f"a file name is too long for the file system ({error.filename}): shorten "
+                      "`--trainer.logger.init_args.name`, `--trainer.logger.init_args.save_dir` or "
+                      "`--checkpoint.filename`")
+        if reason is None:
             raise
-        print(f"train.py: error: a file name is too long for the file system ({error.filename}): shorten "
-              "`--trainer.logger.init_args.name`, `--trainer.logger.init_args.save_dir` or `--checkpoint.filename`",
-              file=sys.stderr)
+        print(f"train.py: error: {reason}", file=sys.stderr)  # the message says it all
         sys.exit(2)

@@ -26,7 +26,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from tqdm import tqdm
 
 from gan_modules.checkpoint_io import write_atomically
-from gan_modules.flags import advice
+from gan_modules.flags import SettingError, advice
 from gan_modules.metrics import frechet_distance, kid, prdc
 
 INCEPTION_FEATURES = (64, 192, 768, 2048)
@@ -142,15 +142,15 @@ class FIDCallback(Callback):
                                    ("kid_subsets", kid_subsets, 1), ("kid_subset_size", kid_subset_size, 2),
                                    ("prdc_k", prdc_k, 1)):
             if value is not None and value < least:  # FID needs two samples for a covariance
-                raise ValueError(advice(f"{name} must be at least {least}, got {value}: set `--fid.{name}`."))
+                raise SettingError(f"{name} must be at least {least}, got {value}: set `--fid.{name}`.")
         custom = isinstance(feature, nn.Module)
         self.num_features = getattr(feature, "num_features", None) if custom else feature
         if custom and not isinstance(self.num_features, int):
             raise ValueError(f"A custom FID feature extractor needs an int attribute `num_features` "
                              f"(its output width); {_qualname(feature)} has {self.num_features!r}.")
         if not custom and feature not in INCEPTION_FEATURES:
-            raise ValueError(advice(f"feature must be one of the Inception layers {INCEPTION_FEATURES} or an "
-                                    f"nn.Module, got {feature!r}: set `--fid.feature`."))
+            raise SettingError(f"feature must be one of the Inception layers {INCEPTION_FEATURES} or an "
+                               f"nn.Module, got {feature!r}: set `--fid.feature`.")
         self.feature = feature
         self.weights_path = weights_path
         self.num_samples = num_samples
@@ -185,9 +185,9 @@ class FIDCallback(Callback):
             self.num_real = CPU_IMAGES
         chunks = -(-self.num_samples // self.batch_size)
         if chunks < trainer.world_size:  # a rank without samples could not compute (and would hang the rest)
-            raise ValueError(advice(f"FID splits {self.num_samples} samples into {chunks} chunks of {self.batch_size}, "
-                                    f"fewer than the {trainer.world_size} processes: lower `--fid.batch_size` or raise "
-                                    f"`--fid.num_samples`."))
+            raise SettingError(f"FID splits {self.num_samples} samples into {chunks} chunks of {self.batch_size}, "
+                               f"fewer than the {trainer.world_size} processes: lower `--fid.batch_size` or raise "
+                               f"`--fid.num_samples`.")
         self.load_extractor()
         self.extractor.to(trainer.strategy.root_device)
         self._content = None  # the real images are read again (hashed) once in every fit: edits are seen
@@ -400,9 +400,9 @@ def _warn_if_few(what: str, count: int, num_features: int) -> None:
 
 def _check_real_count(loader: DataLoader | None) -> None:
     if loader is not None and len(loader.dataset) < 2:  # the same on every rank: all raise, none waits in a collective
-        raise ValueError(advice(f"FID, KID and precision/recall need at least 2 real images, and the validation "
-                                f"split holds {len(loader.dataset)}: give it more images, or turn the metrics off "
-                                f"with `--fid.enabled false`."))
+        raise SettingError(f"FID, KID and precision/recall need at least 2 real images, and the validation "
+                           f"split holds {len(loader.dataset)}: give it more images, or turn the metrics off "
+                           f"with `--fid.enabled false`.")
 
 
 def _first_val_loader(trainer: Trainer) -> DataLoader | None:

@@ -25,6 +25,14 @@ def on_the_command_line() -> Iterator[None]:
         _ON_THE_COMMAND_LINE.reset(token)
 
 
+class SettingError(ValueError):
+    """A setting, or the files it points to, that cannot work. The message (through :func:`advice`) names the
+    problem and the fix; ``train.py`` prints it as one line, without a traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(advice(message))
+
+
 def advice(message: str) -> str:
     """``message`` for its reader: as written on the command line; from Python, each `--model.n_critic 1`
     becomes `n_critic=1` (`Trainer(max_steps=...)` for a trainer flag)."""

@@ -14,7 +14,7 @@ from typing import Literal
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 
-from gan_modules.flags import advice
+from gan_modules.flags import SettingError
 
 Norm = Literal["batch", "layer", "none"]
 
@@ -31,11 +31,9 @@ def resolution_levels(image_size: int) -> tuple[int, int]:
         ratio = image_size / base
         if ratio >= 4 and ratio.is_integer() and math.log2(ratio).is_integer():
             return base, int(math.log2(ratio))
-    raise ValueError(
-        advice(f"Unsupported image size {image_size}: the DCGAN networks need a square side of "
-        f"4*2^k or 7*2^k with k >= 2 (for example 16, 28, 32, 56, 64 or 128). "
-        f"Set `--data.image_size` to one of these so the images are resized to it.")
-    )
+    raise SettingError(f"Unsupported image size {image_size}: the DCGAN networks need a square side of "
+                       f"4*2^k or 7*2^k with k >= 2 (for example 16, 28, 32, 56, 64 or 128). "
+                       f"Set `--data.image_size` to one of these so the images are resized to it.")
 
 
 def init_dcgan_weights(module: nn.Module) -> None:

@@ -12,7 +12,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
-from gan_modules.flags import advice
+from gan_modules.flags import SettingError, advice
 
 # Each network's loss at every step and the gradient norm of its latest update, by logged name.
 _WATCHED = ("train/critic_loss", "train/critic_grad_norm", "train/generator_loss", "train/generator_grad_norm")
@@ -157,7 +157,7 @@ def check_strategy(strategy: Any) -> None:
         problem = (f"{type(strategy).__name__} is not supported by the GAN modules (two optimisers, manual "
                    "optimisation): use one device or `--trainer.strategy ddp_find_unused_parameters_true`.")
     if problem is not None:
-        raise ValueError(advice(problem))
+        raise SettingError(problem)
 
 
 def saved_model_class(checkpoint: dict[str, Any]) -> str | None:

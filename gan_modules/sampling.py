@@ -14,7 +14,7 @@ from gan_modules.base import GANModule
 from gan_modules.callbacks import image_grid
 from gan_modules.checkpoint_io import read_checkpoint, write_atomically
 from gan_modules.run_integrity import refuse_nonfinite_weights, saved_model_class
-from gan_modules.flags import advice, init_arguments
+from gan_modules.flags import SettingError, advice, init_arguments
 
 
 def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") -> GANModule:
@@ -36,8 +36,8 @@ def load_generator_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") 
     name = saved_model_class(checkpoint)
     state_dict = checkpoint.get("state_dict")
     if name not in gan_modules.__all__ or not isinstance(state_dict, dict):
-        raise ValueError(advice(f"{path} was not written by this project's GAN modules (found model {name!r}): "
-                         f"pass `--ckpt_path` a checkpoint written by `train.py fit`."))
+        raise SettingError(f"{path} was not written by this project's GAN modules (found model {name!r}): "
+                           f"pass `--ckpt_path` a checkpoint written by `train.py fit`.")
     refuse_nonfinite_weights(checkpoint, f" {path}")  # the EMA generator's too
     cls = getattr(gan_modules, name)
     hyperparameters = checkpoint.get("hyper_parameters")

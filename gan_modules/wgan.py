@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from gan_modules.base import GANModule
 from gan_modules.losses import gradient_penalty, wasserstein_estimate, wasserstein_generator_loss
 from gan_modules.networks import Norm
-from gan_modules.flags import advice
+from gan_modules.flags import SettingError
 
 
 class _WassersteinGAN(GANModule):
@@ -64,12 +64,10 @@ class WGANGP(_WassersteinGAN):
         **kwargs: Any,
     ) -> None:
         if critic_norm == "batch":
-            raise ValueError(
-                advice("WGAN-GP's critic must not use batch norm (the penalty is per sample): "
-                "set `--model.critic_norm layer` (the paper) or `none`.")
-            )
+            raise SettingError("WGAN-GP's critic must not use batch norm (the penalty is per sample): "
+                               "set `--model.critic_norm layer` (the paper) or `none`.")
         if gp_weight < 0:
-            raise ValueError(advice(f"gp_weight must be >= 0, got {gp_weight}: set `--model.gp_weight`."))
+            raise SettingError(f"gp_weight must be >= 0, got {gp_weight}: set `--model.gp_weight`.")
         super().__init__(critic_norm=critic_norm, n_critic=n_critic, **kwargs)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
@@ -106,7 +104,7 @@ class WGAN(_WassersteinGAN):
     def __init__(self, *, n_critic: int = 5, lr: float = 5e-5, clip_value: float = 0.01, warmup: bool = False,
                  **kwargs: Any) -> None:
         if clip_value <= 0:
-            raise ValueError(advice(f"clip_value must be > 0, got {clip_value}: set `--model.clip_value`."))
+            raise SettingError(f"clip_value must be > 0, got {clip_value}: set `--model.clip_value`.")
         super().__init__(n_critic=n_critic, **kwargs)
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:

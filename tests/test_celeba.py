@@ -14,6 +14,7 @@ from PIL import Image
 
 import datamodules.image_cache as image_cache
 from datamodules.celeba import CelebADataModule
+from gan_modules.flags import SettingError
 
 # 8 train, 3 validation, 2 test images: list_eval_partition's codes 0, 1, 2.
 PARTITION = [0] * 8 + [1] * 3 + [2] * 2
@@ -204,7 +205,7 @@ def test_face_crop_is_the_central_108_square(tmp_path: Path) -> None:
 # --- errors --------------------------------------------------------------------------------------
 
 def test_missing_dataset_names_the_layouts_and_the_download_error(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="by hand") as error:
+    with pytest.raises(SettingError, match="by hand") as error:
         CelebADataModule(str(tmp_path)).prepare_data()
     message = str(error.value)
     assert "img_align_celeba.zip" in message and "list_eval_partition.txt" in message
@@ -213,7 +214,7 @@ def test_missing_dataset_names_the_layouts_and_the_download_error(tmp_path: Path
 
 @pytest.mark.parametrize("cache", [True, False])
 def test_download_off_and_nothing_there(tmp_path: Path, cache: bool) -> None:
-    with pytest.raises(RuntimeError, match="by hand.*download is off"):
+    with pytest.raises(SettingError, match="by hand.*download is off"):
         loaded(tmp_path, download=False, cache=cache)  # prepare_data raises with the cache, setup without
 
 
@@ -223,14 +224,14 @@ def test_download_that_returns_a_quota_page(tmp_path: Path, monkeypatch: pytest.
         (Path(root) / filename).write_text("<!DOCTYPE html><html><title>Google Drive - Quota exceeded</title></html>")
         raise RuntimeError("The MD5 checksum of the download file does not match the one on record.")
     monkeypatch.setattr(torchvision.datasets.celeba, "download_file_from_google_drive", quota_page)
-    with pytest.raises(RuntimeError, match="is an HTML page, not a zip.*quota"):
+    with pytest.raises(SettingError, match="is an HTML page, not a zip.*quota"):
         CelebADataModule(str(tmp_path)).prepare_data()
 
 
 def test_html_page_named_like_the_zip(tmp_path: Path) -> None:
     (tmp_path / "celeba").mkdir()
     (tmp_path / "celeba" / "img_align_celeba.zip").write_text("\n<html><body>Virus scan warning</body></html>")
-    with pytest.raises(RuntimeError, match=r"img_align_celeba\.zip is an HTML page"):
+    with pytest.raises(SettingError, match=r"img_align_celeba\.zip is an HTML page"):
         CelebADataModule(str(tmp_path)).prepare_data()
 
 
@@ -238,7 +239,7 @@ def test_truncated_or_corrupt_zip(tmp_path: Path) -> None:
     (tmp_path / "celeba").mkdir()
     archive = tmp_path / "celeba" / "img_align_celeba.zip"
     archive.write_bytes(b"PK\x03\x04 half a download")
-    with pytest.raises(RuntimeError, match="is not a zip archive"):
+    with pytest.raises(SettingError, match="is not a zip archive"):
         CelebADataModule(str(tmp_path)).prepare_data()
 
     write_faces(tmp_path / "source", NAMES[:2])
@@ -247,28 +248,28 @@ def test_truncated_or_corrupt_zip(tmp_path: Path) -> None:
     data = bytearray(archive.read_bytes())
     data[100] ^= 0xFF  # a flipped byte inside the JPEG: the CRC check fails
     archive.write_bytes(bytes(data))
-    with pytest.raises(RuntimeError, match="is corrupt.*download it again"):
+    with pytest.raises(SettingError, match="is corrupt.*download it again"):
         CelebADataModule(str(tmp_path)).prepare_data()
     assert not (tmp_path / "celeba" / "img_align_celeba").exists()
 
 
 def test_missing_partition_file(tmp_path: Path) -> None:
     write_faces(tmp_path / "celeba" / "img_align_celeba")
-    with pytest.raises(RuntimeError, match="list_eval_partition.txt is not beside.*`split='all'`"):
+    with pytest.raises(SettingError, match="list_eval_partition.txt is not beside.*`split='all'`"):
         loaded(tmp_path)
 
 
 def test_partition_listing_missing_images(tmp_path: Path) -> None:
     official_layout(tmp_path)
     (tmp_path / "celeba" / "img_align_celeba" / NAMES[3]).unlink()
-    with pytest.raises(RuntimeError, match=f"lists 1 images that are not in .*{NAMES[3]}.*incomplete"):
+    with pytest.raises(SettingError, match=f"lists 1 images that are not in .*{NAMES[3]}.*incomplete"):
         loaded(tmp_path)
 
 
 def test_malformed_partition_file(tmp_path: Path) -> None:
     official_layout(tmp_path)
     (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.jpg train\n")
-    with pytest.raises(RuntimeError, match="line 1: expected"):
+    with pytest.raises(SettingError, match="line 1: expected"):
         loaded(tmp_path)
 
 
@@ -288,7 +289,7 @@ def test_truncated_jpeg_is_skipped_with_one_warning_or_stops_if_strict(tmp_path:
     if cache:
         assert "1 of 13 images" in str(warnings[0].message)
 
-    with pytest.raises(RuntimeError, match=f"{NAMES[1]}.*`strict=False`"):
+    with pytest.raises(SettingError, match=f"{NAMES[1]}.*`strict=False`"):
         datamodule = loaded(tmp_path, cache=cache, strict=True)
         list(datamodule.train_dataloader())
 

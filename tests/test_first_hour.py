@@ -46,12 +46,29 @@ def test_offline_fid_stops_at_once_with_one_line_naming_both_ways_out(monkeypatc
     assert not (tmp_path / "runs").exists()  # stopped before any work: no empty TensorBoard run
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--data.batch_size", "0", "batch_size must be an integer >= 1, got 0: set `--data.batch_size`."),
+    ("--model.n_critic", "0", "n_critic must be a positive integer, got 0: set `--model.n_critic` to 1 or more."),
+    ("--model.lr_schedule", "linear", "`--model.lr_schedule linear` decays the rates to 0 over"),
+])
+def test_a_setting_that_cannot_work_stops_with_one_line_naming_its_flag(monkeypatch, capsys, tmp_path, flag, value,
+                                                                         message) -> None:
+    """The classes' own checks run inside jsonargparse, which wraps their errors in its own: one line still."""
+    with pytest.raises(SystemExit) as stop:
+        run_main(monkeypatch, tmp_path, "fit", "--config", str(ROOT / "configs" / "dcgan_mnist.yaml"),
+                 "--fid.enabled", "false", flag, value)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith(f"train.py: error: {message}"), err
+
+
 @pytest.mark.slow
-def test_a_run_that_stops_in_setup_leaves_no_run_folder(monkeypatch, tmp_path) -> None:
+def test_a_run_that_stops_in_setup_leaves_no_run_folder(monkeypatch, capsys, tmp_path) -> None:
     data = write_mnist(tmp_path / "data", n_train=16)
-    with pytest.raises(ValueError, match="batch"):  # 16 training images, batches of 64: nothing to train on
+    with pytest.raises(SystemExit):  # 16 training images, batches of 64: nothing to train on
         run_main(monkeypatch, tmp_path, "fit", "--config", str(ROOT / "configs" / "wgan_gp_mnist.yaml"),
                  "--data.data_dir", str(data), "--fid.enabled", "false", "--data.batch_size", "64")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fewer than one batch of 64" in err[0] and "`--data.batch_size`" in err[0], err
     assert list((tmp_path / "runs" / "wgan_gp_mnist").glob("version_*")) == []
 
 

@@ -20,6 +20,7 @@ import datamodules.image_cache as image_cache
 from datamodules.image_cache import CachedImageDataset, build_cache, find_images
 from datamodules.image_folder import ImageFolderDataModule
 from datamodules.pipeline import batch_collate
+from gan_modules.flags import SettingError
 
 
 def write_image(path: Path, seed: int, size: tuple[int, int] = (40, 30), fmt: str | None = None) -> None:
@@ -265,34 +266,34 @@ def test_unreadable_files_are_skipped_with_one_warning_naming_them(folder: Path)
     assert "2 of 20 images" in messages[0] and "a/01.jpg" in messages[0] and "a/02.jpg" in messages[0]
     assert len(datamodule.train_set) == 18
 
-    with pytest.raises(RuntimeError, match="2 of 20 images.*a/01.jpg.*`strict=False`"):
+    with pytest.raises(SettingError, match="2 of 20 images.*a/01.jpg.*`strict=False`"):
         loaded(folder, strict=True)
 
 
 def test_a_folder_of_only_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "a.jpg").write_bytes(b"\xff\xd8\xff broken")
-    with pytest.raises(RuntimeError, match="1 of 1 images .* cannot be read"):
+    with pytest.raises(SettingError, match="1 of 1 images .* cannot be read"):
         loaded(tmp_path / "images", val_fraction=0.0)
-    with pytest.warns(UserWarning, match="a.jpg"), pytest.raises(RuntimeError, match="all 1 images of a batch"):
+    with pytest.warns(UserWarning, match="a.jpg"), pytest.raises(SettingError, match="all 1 images of a batch"):
         next(iter(loaded(tmp_path / "images", val_fraction=0.0, cache=False, batch_size=1).val_dataloader()))
 
 
 def test_cache_dir_that_cannot_be_written(folder: Path, tmp_path: Path) -> None:
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(RuntimeError, match="cannot write the .* image cache.*`cache_dir`.*`cache=False`"):
+    with pytest.raises(SettingError, match="cannot write the .* image cache.*`cache_dir`.*`cache=False`"):
         loaded(folder, cache_dir=str(tmp_path / "a_file" / "cache"))
 
 
 def test_missing_empty_and_too_small_folders(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="does not exist.*`data_dir`"):
+    with pytest.raises(SettingError, match="does not exist.*`data_dir`"):
         loaded(tmp_path / "nowhere")
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "readme.txt").write_text("no images")
-    with pytest.raises(RuntimeError, match=r"no images in .*empty.*\.jpg.*`data_dir`"):
+    with pytest.raises(SettingError, match=r"no images in .*empty.*\.jpg.*`data_dir`"):
         loaded(tmp_path / "empty", cache=False)
     write_image(tmp_path / "one" / "a.png", 0)
-    with pytest.raises(RuntimeError, match="1 images, too few.*`val_fraction`"):
+    with pytest.raises(SettingError, match="1 images, too few.*`val_fraction`"):
         loaded(tmp_path / "one")
 
 

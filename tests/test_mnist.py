@@ -18,6 +18,7 @@ from torchvision.datasets import MNIST
 from datamodules import MNISTDataModule
 from datamodules.pipeline import _UNIT_RANGE_ON, _looked_up, to_unit_range
 from gan_modules import DCGAN
+from gan_modules.flags import SettingError
 from conftest import write_idx, write_mnist
 
 
@@ -67,7 +68,7 @@ def test_resize_to_the_model_size(mnist_dir) -> None:
 def test_missing_files_with_download_off_say_where_to_put_them(tmp_path) -> None:
     data = MNISTDataModule(data_dir=str(tmp_path), download=False)
     data.prepare_data()
-    with pytest.raises(RuntimeError, match=r"MNIST is not in .*MNIST/raw: put the files train-images-idx3-ubyte"):
+    with pytest.raises(SettingError, match=r"MNIST is not in .*MNIST/raw: put the files train-images-idx3-ubyte"):
         data.setup("fit")
 
 
@@ -77,7 +78,7 @@ def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(MNIST, "download", offline)
     data = MNISTDataModule(data_dir=str(tmp_path))
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(SettingError) as error:
         data.prepare_data()
     message = str(error.value)
     assert f"MNIST is not in {tmp_path}/MNIST/raw" in message
@@ -173,7 +174,7 @@ def test_a_corrupt_file_is_named_with_what_is_wrong(mnist_dir, name, corrupt, wh
     path = mnist_dir / "MNIST" / "raw" / name
     corrupt(path)
     data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=8, download=download)
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(SettingError) as error:
         data.prepare_data()  # the files are there: nothing to download
         data.setup("fit")
     message = str(error.value)
@@ -189,7 +190,7 @@ def test_a_download_that_gives_a_corrupt_file_names_it(tmp_path, monkeypatch) ->
         _truncate(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte")
 
     monkeypatch.setattr(MNIST, "download", download_truncated)
-    with pytest.raises(RuntimeError, match=r"MNIST file .*train-images-idx3-ubyte is corrupt: .* truncated") as error:
+    with pytest.raises(SettingError, match=r"MNIST file .*train-images-idx3-ubyte is corrupt: .* truncated") as error:
         MNISTDataModule(data_dir=str(tmp_path)).prepare_data()  # torchvision's reader fails on it
     assert "download failed" not in str(error.value)
 
