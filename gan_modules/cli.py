@@ -34,6 +34,7 @@ from gan_modules.base import GANModule
 from gan_modules.callbacks import FIDCallback, RunMonitor, SampleGridCallback
 from gan_modules.checkpoint_io import (CheckpointReadError, CheckpointWriteError, GANCheckpoint, find_last_checkpoint,
                                        read_checkpoint, resolve_checkpoint)
+from gan_modules import evaluate
 from gan_modules.fid import InceptionWeightsError
 from gan_modules.flags import SettingError, on_the_command_line
 from gan_modules.preemption import StopOnSignal
@@ -247,8 +248,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> GANCLI:
             # `sample` needs no Trainer, model or data: `main` runs it before LightningCLI; `--help` names it.
             parser_kwargs={"description": "Train and validate DCGAN, WGAN-GP and WGAN from a preset (`fit --config "
                                           "configs/dcgan_mnist.yaml`), and sample from their checkpoints.",
-                           "epilog": f"Also `train.py sample`: {SAMPLE_HELP} "
-                                     "(`train.py sample --help` lists its options)"},
+                           "epilog": f"Also `train.py sample`: {SAMPLE_HELP} And `train.py evaluate`: "
+                                     f"{evaluate.EVALUATE_HELP} (`--help` after either lists its options)"},
             args=args,
             run=run,
         )
@@ -330,7 +331,6 @@ def main(argv: list[str] | None = None) -> None:
         sample(args[1:])
         return
     if args[:1] == ["evaluate"]:  # gan_modules/evaluate.py: scores and their protocol as JSON
-        from gan_modules import evaluate
         return evaluate.main(args[1:])
     _quiet_console()
     args = _packaged_presets(args)

@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 import warnings
@@ -28,14 +29,16 @@ from gan_modules.metrics import KID_SEED
 from gan_modules.sampling import load_generator_checkpoint, output_problem, parse_device
 
 
+EVALUATE_HELP = ("Score a checkpoint with FID, KID, precision/recall and density/coverage against its run's validation "
+                 "images, and write them with the protocol as JSON.")
+
+
 class EvaluationError(Exception):
     """A checkpoint, data split, weights file or option that cannot be used; the message says which and the fix."""
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py evaluate", description=(
-        "Score a checkpoint with FID, KID, precision/recall and density/coverage against its run's validation images, "
-        "and write them with the protocol as JSON."))
+    p = argparse.ArgumentParser(prog="train.py evaluate", description=EVALUATE_HELP)
     p.add_argument("--ckpt_path", default="last", help="a checkpoint, a run folder, a preset's folder, or `last`: the "
                                                        "newest run's under runs/ (default last)")
     p.add_argument("--num_samples", type=int, default=10_000, help="generated images (default 10000)")
@@ -187,7 +190,8 @@ def _own_flags(message: str) -> str:
     """A message of the training flags (``--fid.weights_path``, ``--data.data_dir``) in this command's."""
     message = message.replace("Either turn FID off with `--fid.enabled false`, or give", "Give")
     message = message.replace(", or turn FID off with `--fid.enabled false`", "")
-    return message.replace("`--fid.", "`--").replace("`--data.data_dir", "`--data_dir")
+    message = message.replace("`--fid.", "`--").replace("`--data.data_dir", "`--data_dir")
+    return re.sub(r"`--data\.(\w+) ([^`]+)`", r"`\1: \2` (in the data section of --config)", message)  # no flag here
 
 
 def _sha256(path: Path) -> str:

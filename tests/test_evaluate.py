@@ -103,4 +103,4 @@ def test_what_cannot_be_used_is_named_in_one_line(case: str, run: Path, tmp_path
         evaluate(run, *args, monkeypatch=monkeypatch)
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_.value.code == 2 and error.startswith("train.py evaluate: error: ") and named in error, error
-    assert "--fid." not in error and "--data.data_dir" not in error  # the flags of this command, not of `fit`
+    assert "--fid." not in error and "--data." not in error  # the flags of this command, not of `fit`

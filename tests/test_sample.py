@@ -226,6 +226,7 @@ def test_help_lists_sample_beside_fit_and_validate(monkeypatch: pytest.MonkeyPat
     commands = [line.split()[0] for line in listed.splitlines() if re.match(r"    \w", line)]  # not continuations
     assert commands[:2] == ["fit", "validate"], listed
     assert "Also `train.py sample`: Write images from a checkpoint's generator" in " ".join(text.split())
+    assert "And `train.py evaluate`: Score a checkpoint with FID" in " ".join(text.split())
 
 
 @pytest.mark.slow
