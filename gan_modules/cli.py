@@ -91,6 +91,8 @@ class GANCLI(LightningCLI):
             return
         configured = str(config.model.class_path).rsplit(".", 1)[-1]
         refuse_another_model(read_checkpoint(ckpt_path), configured, f" {ckpt_path}")
+        if subcommand == "validate" and config.checkpoint.dirpath is None:  # saves nothing: the folder it was saved in,
+            config.checkpoint.dirpath = str(Path(ckpt_path).parent)  # not Lightning's "dirpath has changed" warning
 
     @staticmethod
     def _checkpoint_to_continue(config: Namespace, ckpt_path: str, logger: Namespace | None) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,18 @@ def test_one_check_decides_whose_checkpoint_it_is() -> None:
     with pytest.raises(CheckpointMismatchError, match="holds WGAN, not DCGAN"):
         refuse_another_model({"gan_state": {"model": "WGAN"}}, "DCGAN")
     refuse_another_model({"gan_state": {"model": "DCGAN"}}, "DCGAN")  # its own: no error
+
+
+def test_validate_last_restores_the_run_without_a_dirpath_warning(dcgan_checkpoint, mnist_dir, tmp_path) -> None:
+    args = fit_args("dcgan_mnist", mnist_dir, tmp_path / "dcgan_runs", "--ckpt_path", "last",
+                    "--trainer.limit_val_batches", "1")
+    args[0] = "validate"
+    saved = sorted(p.name for p in dcgan_checkpoint.parent.iterdir())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_cli(args)
+    assert not [w for w in caught if "dirpath" in str(w.message)], [str(w.message) for w in caught]
+    assert sorted(p.name for p in dcgan_checkpoint.parent.iterdir()) == saved
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate"])
