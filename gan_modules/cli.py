@@ -38,7 +38,7 @@ from gan_modules import evaluate
 from gan_modules.fid import InceptionWeightsError
 from gan_modules.flags import SettingError, on_the_command_line
 from gan_modules.preemption import StopOnSignal
-from gan_modules.run_integrity import CheckpointMismatchError, check_strategy, refuse_another_model
+from gan_modules.run_integrity import CheckpointMismatchError, check_checkpoint_fits, check_strategy
 from gan_modules.sampling import load_generator_checkpoint, output_problem, parse_device, write_samples
 
 # Errors whose message says it all: one line on stderr, no traceback.
@@ -74,9 +74,8 @@ class GANCLI(LightningCLI):
         LightningCLI's own version merges the checkpoint's hyperparameters, class path included, over
         the command line, and imports the module that class path names: a DCGAN checkpoint given to
         the WGAN-GP preset would train a DCGAN. Here the configuration (preset and command line) always
-        decides; the checkpoint is only read (``weights_only``) to refuse another model class before
-        anything is built. ``GANModule.on_load_checkpoint`` then refuses, by flag, settings that would
-        change the saved weights' shapes.
+        decides, and nothing is imported. Once the classes are built, before any data are read,
+        ``after_instantiate_classes`` refuses a checkpoint of another class or of other layer shapes.
         """
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config  # `build_cli(run=False)`: no subcommand
@@ -87,12 +86,8 @@ class GANCLI(LightningCLI):
             version = _run_version(Path(ckpt_path), logger)
             if subcommand == "fit" and version is not None and logger.get("version") is None:
                 logger.version = version  # continue in the run's own folder
-        if not ckpt_path or not Path(ckpt_path).is_file():  # `best`, `hpc`, a URL: Lightning resolves them
-            return
-        configured = str(config.model.class_path).rsplit(".", 1)[-1]
-        refuse_another_model(read_checkpoint(ckpt_path), configured, f" {ckpt_path}")
-        if subcommand == "validate" and config.checkpoint.dirpath is None:  # saves nothing: the folder it was saved in,
-            config.checkpoint.dirpath = str(Path(ckpt_path).parent)  # not Lightning's "dirpath has changed" warning
+        if subcommand == "validate" and ckpt_path and config.checkpoint.dirpath is None:  # it saves nothing: its
+            config.checkpoint.dirpath = str(Path(ckpt_path).parent)  # own folder, no "dirpath has changed" warning
 
     @staticmethod
     def _checkpoint_to_continue(config: Namespace, ckpt_path: str, logger: Namespace | None) -> Path:
@@ -115,6 +110,10 @@ class GANCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         check_strategy(self.trainer.strategy)  # before any process is started
+        ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():  # (not `best`, `hpc`, a URL: Lightning resolves them)
+            # Another class, other layer shapes or a NaN are refused before the data are read (an image cache built).
+            check_checkpoint_fits(self.model, read_checkpoint(ckpt_path), f" {ckpt_path}")
         # FID switched off (`--fid.enabled false`) is left out rather than carried along doing nothing.
         self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, FIDCallback) or c.enabled]
         self.trainer.callbacks.append(StopOnSignal())  # SIGTERM / SIGUSR1: last.ckpt, exit 128 + signal

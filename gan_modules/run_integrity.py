@@ -190,11 +190,14 @@ def refuse_nonfinite_weights(checkpoint: dict[str, Any], source: str = "") -> No
             f"sampled. Pass an earlier checkpoint (an epoch=*.ckpt beside it) to `--ckpt_path`, or train anew.")
 
 
-def check_checkpoint_fits(module: LightningModule, checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """Refuse a checkpoint of another model class, other layer shapes or non-finite values; make the
-    configured optimiser settings replace the saved ones; return its ``gan_state``."""
+def check_checkpoint_fits(module: LightningModule, checkpoint: dict[str, Any],
+                          source: str | None = None) -> dict[str, Any]:
+    """Refuse a checkpoint of another model class, other layer shapes or non-finite values (``source``: `` PATH``,
+    for messages; the trainer's by default); when fitting, make the configured optimiser settings replace the saved
+    ones; return its ``gan_state``."""
     trainer = attached_trainer(module)
-    source = f" {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else ""
+    if source is None:
+        source = f" {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else ""
     refuse_another_model(checkpoint, type(module).__name__, source)
     if not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointMismatchError(f"The checkpoint{source} holds no state_dict (no weights): it is damaged; pass "

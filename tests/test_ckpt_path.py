@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from datamodules import MNISTDataModule
 from gan_modules.run_integrity import CheckpointMismatchError
 from train import build_cli
 
@@ -87,12 +88,20 @@ def test_a_module_named_in_a_checkpoint_is_never_imported(dcgan_checkpoint, mnis
 
 
 def test_a_setting_that_changes_the_weights_shapes_is_refused_by_its_flag(dcgan_checkpoint, mnist_dir,
-                                                                          tmp_path) -> None:
+                                                                          tmp_path, monkeypatch) -> None:
+    def read(*args) -> None:
+        raise AssertionError("the data were read before the checkpoint was refused")
+
+    monkeypatch.setattr(MNISTDataModule, "prepare_data", read)  # refused before an image cache could be built
     args = fit_args("dcgan_mnist", mnist_dir, tmp_path / "runs", "--ckpt_path", str(dcgan_checkpoint))
     args[args.index("--model.generator_width") + 1] = "8"
     with pytest.raises(CheckpointMismatchError, match=r"generator_width=4, but this run is configured with 8: "
                                                       r"set `--model.generator_width` to match it"):
         build_cli(args)
+    with pytest.raises(CheckpointMismatchError, match=r"image_shape=\(1, 28, 28\), but this run is configured with "
+                                                      r"\(1, 32, 32\): set `--data.image_size`"):
+        build_cli(fit_args("dcgan_mnist", mnist_dir, tmp_path / "runs", "--ckpt_path", str(dcgan_checkpoint),
+                           "--data.image_size", "32"))
 
 
 def run_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
