@@ -201,12 +201,13 @@ class ImageDataModule(LightningDataModule):
         per_device = len(self.train_set) // world_size  # the sampler's share, with drop_last
         if per_device < self.batch_size:
             devices = f"{world_size} devices ({per_device} images each)" if world_size > 1 else "1 device"
-            fix = (f"Set `--data.batch_size` to at most {per_device}, or train on more images or fewer devices"
-                   if per_device else f"Train on at most {len(self.train_set)} devices, or on more images")
+            flags = "(`--trainer.devices`, `--trainer.num_nodes`)"
+            fix = (f"Train on at most {len(self.train_set)} devices {flags}, or on more images" if not per_device else
+                   f"Set `--data.batch_size` to at most {per_device}, or train on more images"
+                   + (f" or fewer devices {flags}" if world_size > 1 else ""))
             raise SettingError(
                 f"the training set has {len(self.train_set)} images, fewer than one batch of {self.batch_size} on "
-                f"{devices}: incomplete batches are dropped, so nothing would train. {fix} (`--trainer.devices`, "
-                f"`--trainer.num_nodes`).")
+                f"{devices}: incomplete batches are dropped, so nothing would train. {fix}.")
 
     def train_dataloader(self) -> DataLoader:
         self._check_setup()
