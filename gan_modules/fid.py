@@ -25,7 +25,7 @@ from torchmetrics.image.fid import NoTrainInceptionV3
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from tqdm import tqdm
 
-from gan_modules.checkpoint_io import write_atomically
+from gan_modules.checkpoint_io import damage, write_atomically
 from gan_modules.flags import SettingError, advice
 from gan_modules.metrics import frechet_distance, kid, prdc
 
@@ -63,17 +63,15 @@ def build_extractor(feature: int | nn.Module = 2048, weights_path: str | None = 
     """
     if isinstance(feature, nn.Module):
         return feature
-    try:  # torch-fidelity unpickles the file with weights_only=False: refuse anything but tensors first
-        if weights_path is not None:
-            torch.load(weights_path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
+    # torch-fidelity unpickles the file with weights_only=False: refuse anything but tensors first.
+    problem = None if weights_path is None else damage(Path(weights_path))
+    if problem == "does not exist":
         raise InceptionWeightsError(
             advice(f"No Inception weights file at {weights_path}: set `--fid.weights_path` to the downloaded "
-            f"{WEIGHTS_FILE} ({URL_INCEPTION_V3}), or turn FID off with `--fid.enabled false`.")) from None
-    except Exception as error:  # unpickling errors of many types
-        raise InceptionWeightsError(
-            advice(f"{weights_path} is not a PyTorch state dict of tensors ({error}): `--fid.weights_path` needs "
-            f"torch-fidelity's {WEIGHTS_FILE}.")) from None
+            f"{WEIGHTS_FILE} ({URL_INCEPTION_V3}), or turn FID off with `--fid.enabled false`."))
+    if problem is not None:
+        raise InceptionWeightsError(advice(f"{weights_path} {problem}: `--fid.weights_path` needs torch-fidelity's "
+                                           f"{WEIGHTS_FILE}."))
     try:
         return NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
                                   feature_extractor_weights_path=weights_path, antialias=False)

@@ -7,6 +7,7 @@ Run as a script (``python tests/test_fid.py OUT_DIR DATA_DIR``) it is the two-pr
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -529,9 +530,16 @@ def test_inception_runs_offline_from_a_local_weights_file(tmp_path: Path, monkey
     assert torch.equal(callback.extractor.Conv2d_1a_3x3.conv.weight, weights["Conv2d_1a_3x3.conv.weight"])
 
 
-def test_a_missing_weights_file_is_named(tmp_path: Path) -> None:
+def test_an_unusable_weights_file_is_named_with_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"No Inception weights file at .*nowhere\.pth"):
         build_extractor(2048, weights_path=str(tmp_path / "nowhere.pth"))
+    torch.save({"settings": argparse.Namespace(a=1)}, tmp_path / "objects.pth")  # loading it could run code
+    (tmp_path / "page.pth").write_text("<html>quota exceeded</html>")
+    for name, problem in (("objects", r"holds objects other than tensors .*\(argparse\.Namespace\): refused"),
+                          ("page", r"is not a torch checkpoint \(it starts with b'<htm'\)")):
+        with pytest.raises(RuntimeError, match=rf"{name}\.pth {problem}.*`weights_path` needs torch-fidelity") as error:
+            build_extractor(2048, weights_path=str(tmp_path / f"{name}.pth"))
+        assert "weights_only` set to `False`" not in str(error.value)  # torch's advice to load it unsafely
 
 
 if __name__ == "__main__":
