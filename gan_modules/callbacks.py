@@ -204,8 +204,9 @@ def run_summary(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
 class OneDrawProgressBar(TQDMProgressBar):
     """Lightning's ``TQDMProgressBar`` (same arguments) showing the latest logged losses (``critic_loss``,
     ``generator_loss``, and ``wasserstein`` where the model has one), with a rate of training batches that
-    leaves out validation and FID. ``train.py`` makes it the default bar, with ``refresh_rate`` set to
-    ``log_every_n_steps`` (when the losses shown change)."""
+    leaves out validation and FID. It counts the epoch's batches (Lightning's counts optimiser steps left under
+    ``max_steps``), ending at the batch the run stopped after. ``train.py`` makes it the default bar, with
+    ``refresh_rate`` set to ``log_every_n_steps`` (when the losses shown change)."""
 
     SHOWN = ("critic_loss", "generator_loss", "wasserstein")
     _validation_started_at: float | None = None
@@ -215,6 +216,10 @@ class OneDrawProgressBar(TQDMProgressBar):
         shown = {name: f"{float(trainer.callback_metrics[f'train/{name}']):.4g}" for name in self.SHOWN
                  if f"train/{name}" in trainer.callback_metrics}
         return {**shown, **super().get_metrics(trainer, pl_module)}
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.num_training_batches  # Lightning's min with max_steps counts a GAN's optimiser steps
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_start(trainer, pl_module)
@@ -227,3 +232,8 @@ class OneDrawProgressBar(TQDMProgressBar):
             self.train_progress_bar.start_t += time.time() - self._validation_started_at
             self._validation_started_at = None
         super().on_validation_end(trainer, pl_module)  # redraws the training bar
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.is_enabled:  # a stop between redraws would leave the last drawn count on the console
+            self.train_progress_bar.n = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        super().on_train_epoch_end(trainer, pl_module)  # redraws it with the latest losses

@@ -152,6 +152,22 @@ def test_the_progress_bar_shows_the_losses(tmp_path) -> None:
     assert shown["critic_loss"] == "-1.5" and shown["wasserstein"] == "2" and "real_score" not in shown
 
 
+def test_the_progress_bar_ends_at_the_batch_the_run_stopped_after(tmp_path) -> None:
+    from lightning.pytorch import Trainer
+
+    from datamodules import MNISTDataModule
+
+    bar = OneDrawProgressBar(refresh_rate=10)  # redrawn every 10 batches: not inside the cut epoch below
+    data = MNISTDataModule(data_dir=str(write_mnist(tmp_path / "data", n_train=64)), batch_size=8, num_workers=0)
+    model = gan_modules.DCGAN(image_shape=(1, 28, 28), latent_dim=8, generator_width=4, critic_width=4)
+    trainer = Trainer(accelerator="cpu", max_steps=2 * (8 + 3), logger=False, enable_checkpointing=False,
+                      limit_val_batches=0, enable_model_summary=False, callbacks=[bar], default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=data)  # two optimiser steps a batch: all of epoch 0, 3 batches of epoch 1
+    assert model.critic_steps == 8 + 3 and bar.train_progress_bar.desc.startswith("Epoch 1")
+    assert bar.train_progress_bar.n == 3  # the last redraw showed 0: refresh_rate 10 never came in the epoch
+    assert bar.train_progress_bar.total == 8  # not 22 - 16 optimiser steps left: 6
+
+
 def test_sample_grids_are_white_lined_and_readable() -> None:
     digits = -torch.ones(64, 1, 28, 28)  # black images, as MNIST's backgrounds
     grid = image_grid(digits, nrow=8)
