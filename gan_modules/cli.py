@@ -85,7 +85,8 @@ class GANCLI(LightningCLI):
             config.ckpt_path = ckpt_path = str(self._checkpoint_to_continue(config, ckpt_path, logger))
             version = _run_version(Path(ckpt_path), logger)
             if subcommand == "fit" and version is not None and logger.get("version") is None:
-                logger.version = version  # continue in the run's own folder
+                logger.version = version  # continue in the run's own folder, whose checkpoints are expected there:
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         if subcommand == "validate" and ckpt_path and config.checkpoint.dirpath is None:  # it saves nothing: its
             config.checkpoint.dirpath = str(Path(ckpt_path).parent)  # own folder, no "dirpath has changed" warning
 

@@ -64,9 +64,12 @@ def test_the_command_line_wins_over_the_checkpoints_hyperparameters(spelling, dc
                                                                       tmp_path) -> None:
     runs = tmp_path / "dcgan_runs"  # the run that wrote the checkpoint, continued
     ckpt_path = str(dcgan_checkpoint) if spelling == "file" else "last"
-    cli = build_cli(fit_args("dcgan_mnist", mnist_dir, runs, "--ckpt_path", ckpt_path,
-                             "--model.max_generator_steps", "5", "--model.lr", "1e-5", "--trainer.max_epochs", "2"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = build_cli(fit_args("dcgan_mnist", mnist_dir, runs, "--ckpt_path", ckpt_path,
+                                 "--model.max_generator_steps", "5", "--model.lr", "1e-5", "--trainer.max_epochs", "2"))
     assert cli.model.hparams.max_generator_steps == 5 and cli.model.generator_steps == 5
+    assert not [w for w in caught if "not empty" in str(w.message)]  # its own run's folder, as it should be
     # The optimisers' restored param_groups take the configured learning rate, not the saved one.
     assert [group["lr"] for opt in cli.trainer.optimizers for group in opt.param_groups] == [1e-5, 1e-5]
 
