@@ -288,7 +288,7 @@ def test_an_unwritable_checkpoint_folder_stops_the_run_before_any_batch(dirpath,
 
 def test_setup_sweeps_stale_temporaries_and_leaves_no_probe(mnist_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "ckpt").mkdir()
-    stale = _age(tmp_path / "ckpt" / ".last.ckpt.123.tmp", 2 * 3600)
+    _age(tmp_path / "ckpt" / ".last.ckpt.123.tmp", 2 * 3600)
     with pytest.raises(RuntimeError, match="crash"):  # stops at the first batch: only setup has run
         _fit(mnist_dir, GANCheckpoint(dirpath=tmp_path / "ckpt", save_last=True), Record(crash_at_batch=0))
     assert list((tmp_path / "ckpt").iterdir()) == []
